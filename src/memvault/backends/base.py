@@ -1,0 +1,103 @@
+"""The database handle stores use, and the hooks each backend implements.
+
+``Database.write()`` is the only way to write: it opens a transaction that takes
+the write lock up front (``BEGIN IMMEDIATE`` on SQLite), commits on success and
+translates driver errors once, here, keeping the cause. Stores speak portable
+SQLAlchemy Core; what truly differs between databases is a ``Backend`` hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+
+from ..errors import Conflict, Unavailable
+
+__all__ = ["Backend", "Database"]
+
+
+class Backend:
+    """Capability flags and hooks of one database kind."""
+
+    name: str = "abstract"
+    #: True when several processes share one local file (SQLite).
+    local_file: bool = False
+
+    def begin_write(self, conn: Connection) -> None:
+        """Start a write transaction on ``conn``."""
+        conn.begin()
+
+    def upsert(self, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str],
+               set_: Mapping[str, Any]) -> sa.Executable:
+        """``INSERT … ON CONFLICT (keys) DO UPDATE SET set_``."""
+        raise NotImplementedError
+
+    def insert_ignore(self, table: sa.Table) -> Any:
+        """``INSERT … ON CONFLICT DO NOTHING`` for executemany."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def migration_lock(self, engine: Engine) -> Iterator[None]:
+        """Serialise migrations across processes starting at once."""
+        yield
+
+    def after_migrate(self, engine: Engine) -> dict[str, Any]:
+        """Backend work after the schema is current; returns facts for the log."""
+        return {}
+
+    def integrity_check(self, conn: Connection) -> list[str]:
+        """Problems the database itself reports; empty when healthy."""
+        return []
+
+    def is_busy(self, error: BaseException) -> bool:
+        return False
+
+    def describe(self, engine: Engine) -> str:
+        return engine.url.render_as_string(hide_password=True)
+
+
+class Database:
+    """A pooled engine plus its backend's hooks."""
+
+    def __init__(self, engine: Engine, backend: Backend) -> None:
+        self.engine = engine
+        self.backend = backend
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for reads (each statement sees committed data)."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except sa_exc.OperationalError as exc:
+            raise Unavailable(f"database unavailable: {exc.orig}") from exc
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction, committed when the block exits without error.
+
+        Raises:
+            Conflict: a uniqueness or reference constraint refused the write.
+            Unavailable: the database could not be reached or stayed locked.
+        """
+        try:
+            with self.engine.connect() as conn:
+                self.backend.begin_write(conn)
+                try:
+                    yield conn
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+        except sa_exc.IntegrityError as exc:
+            raise Conflict(f"constraint violated: {exc.orig}") from exc
+        except sa_exc.OperationalError as exc:
+            raise Unavailable(f"database unavailable: {exc.orig}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,95 @@
+"""PostgreSQL backend: psycopg 3 through SQLAlchemy's connection pool.
+
+``durability=full`` keeps ``synchronous_commit=on``; ``normal`` turns it off (a
+crash of our process loses nothing; a crash of the server may lose the last
+moments). The ``vector`` extension is enabled when the server offers it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection, Engine
+
+from .base import Backend
+
+__all__ = ["PostgresBackend", "normalise_url"]
+
+# An arbitrary constant: the advisory lock that serialises migrations.
+_MIGRATION_LOCK = 0x6D656D76
+
+
+def normalise_url(url: str) -> str:
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+class PostgresBackend(Backend):
+    name = "postgresql"
+
+    def __init__(self, url: str, durability: str) -> None:
+        self.url = normalise_url(url)
+        self.synchronous_commit = "on" if durability == "full" else "off"
+        self.has_vector = False
+
+    def create_engine(self) -> Engine:
+        engine = sa.create_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True,
+                                  pool_timeout=60)
+        sync = self.synchronous_commit
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            with dbapi_conn.cursor() as cur:
+                cur.execute(f"SET synchronous_commit = {sync}")
+                cur.execute("SET TIME ZONE 'UTC'")
+            dbapi_conn.commit()
+
+        return engine
+
+    def upsert(self, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str],
+               set_: Mapping[str, Any]) -> sa.Executable:
+        stmt = pg_insert(table).values(**values)
+        return stmt.on_conflict_do_update(index_elements=list(keys), set_=dict(set_))
+
+    def insert_ignore(self, table: sa.Table) -> Any:
+        return pg_insert(table).on_conflict_do_nothing()
+
+    @contextlib.contextmanager
+    def migration_lock(self, engine: Engine) -> Iterator[None]:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
+                conn.commit()
+
+    def after_migrate(self, engine: Engine) -> dict[str, Any]:
+        with engine.connect() as conn:
+            available = conn.execute(sa.text(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")).first()
+            if available:
+                try:
+                    conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS vector"))
+                    conn.commit()
+                    self.has_vector = True
+                except sa.exc.DBAPIError:
+                    conn.rollback()
+                    self.has_vector = bool(conn.execute(sa.text(
+                        "SELECT 1 FROM pg_extension WHERE extname = 'vector'")).first())
+        return {"pgvector": self.has_vector}
+
+    def integrity_check(self, conn: Connection) -> list[str]:
+        conn.execute(sa.text("SELECT 1"))
+        return []
+
+    def is_busy(self, error: BaseException) -> bool:
+        return False

@@ -1,0 +1,161 @@
+"""The one schema both databases share (SQLAlchemy Core).
+
+Every table carries ``owner_id`` and leads its keys with it, so owner-scoped
+lookups are index lookups and the layout can be distributed by owner (Citus).
+Migrations in ``migrations/versions`` must be kept in step with this file.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = ["metadata", "users", "auth_tokens", "entities", "blobs", "documents",
+           "conversations", "messages", "message_chunks", "UTCDateTime", "JSONType"]
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC on the way out on every backend.
+
+    SQLite has no timezone type: values are stored as naive UTC ISO strings, which
+    also sort and compare correctly as text.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType: Any = sa.JSON().with_variant(JSONB(), "postgresql")
+
+metadata = sa.MetaData()
+ID = sa.String(64)
+
+users = sa.Table(
+    "users", metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("email", sa.String(320), nullable=False, unique=True),
+    sa.Column("name", sa.String(200)),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+auth_tokens = sa.Table(
+    "auth_tokens", metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", ID, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False,
+              index=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+
+entities = sa.Table(
+    "entities", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("entity_id", sa.String(200), primary_key=True),
+    # Client-chosen ids do not sort by time; row_id (UUIDv7) gives listings a
+    # stable, time-ordered cursor.
+    sa.Column("row_id", ID, nullable=False),
+    sa.Column("name", sa.String(500), nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("metadata", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("document_count", sa.Integer, nullable=False, server_default="0"),
+    sa.UniqueConstraint("owner_id", "row_id", name="uq_entities_owner_row"),
+)
+
+blobs = sa.Table(
+    "blobs", metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("refcount", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+documents = sa.Table(
+    "documents", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("doc_id", ID, primary_key=True),
+    sa.Column("entity_id", sa.String(200), nullable=False),
+    sa.Column("filename", sa.String(255), nullable=False),
+    sa.Column("content_type", sa.String(255), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    # No cascade: deleting an entity must release blob references, which the
+    # files store does explicitly before the entity row goes.
+    sa.ForeignKeyConstraint(["owner_id", "entity_id"],
+                            ["entities.owner_id", "entities.entity_id"],
+                            name="fk_documents_entity"),
+    sa.Index("ix_documents_owner_entity", "owner_id", "entity_id", "doc_id"),
+)
+
+conversations = sa.Table(
+    "conversations", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("entity_id", sa.String(200)),
+    sa.Column("title", sa.String(500)),
+    sa.Column("participants", JSONType, nullable=False),
+    sa.Column("metadata", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("message_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_message_at", UTCDateTime),
+    sa.ForeignKeyConstraint(["owner_id", "entity_id"],
+                            ["entities.owner_id", "entities.entity_id"],
+                            ondelete="CASCADE", name="fk_conversations_entity"),
+    sa.Index("ix_conversations_owner_entity", "owner_id", "entity_id", "id"),
+)
+
+messages = sa.Table(
+    "messages", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("conversation_id", ID, nullable=False),
+    # Position in the conversation, assigned in the inserting transaction: the
+    # order clients see, whatever the clocks of several writers say.
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("author", sa.String(200)),
+    sa.Column("content", sa.Text, nullable=False, server_default=""),
+    sa.Column("metadata", JSONType, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("last_chunk_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("writer", sa.String(200)),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("completed_at", UTCDateTime),
+    sa.ForeignKeyConstraint(["owner_id", "conversation_id"],
+                            ["conversations.owner_id", "conversations.id"],
+                            ondelete="CASCADE", name="fk_messages_conversation"),
+    sa.UniqueConstraint("owner_id", "conversation_id", "seq", name="uq_messages_conv_seq"),
+    sa.Index("ix_messages_status_lease", "status", "lease_expires_at"),
+)
+
+message_chunks = sa.Table(
+    "message_chunks", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("message_id", ID, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.ForeignKeyConstraint(["owner_id", "message_id"], ["messages.owner_id", "messages.id"],
+                            ondelete="CASCADE", name="fk_chunks_message"),
+)

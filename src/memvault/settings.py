@@ -1,0 +1,93 @@
+"""Settings: every knob memvault reads, from arguments or ``MEMVAULT_*`` variables.
+
+Settings reach code through the vault (``memvault.open(settings)``) and the app
+factory, never through import-time globals.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """memvault's configuration. Each field is read from ``MEMVAULT_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="MEMVAULT_", extra="ignore", frozen=True)
+
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    durability: Literal["full", "normal"] = "full"
+    auth: Literal["required", "disabled"] = "required"
+    max_upload_mb: int = Field(50, ge=1, le=100_000)
+    max_body_kb: int = Field(4096, ge=16, description="limit for JSON request bodies")
+    token_ttl_hours: int = Field(720, ge=1)
+    stream_bundle_tokens: int = Field(20, ge=1)
+    persist_chunk_tokens: int = Field(60, ge=1)
+    persist_interval_ms: int = Field(200, ge=1)
+    stream_lease_s: float = Field(30, gt=0)
+    max_chunk_chars: int = Field(65536, ge=1, description="largest text of one stored chunk")
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("sqlite://", "sqlite+pysqlite://", "postgresql://",
+                                 "postgres://", "postgresql+psycopg://")):
+            raise ValueError("must start with sqlite:// or postgresql://")
+        return value
+
+    @model_validator(mode="after")
+    def _auth_only_off_on_loopback(self) -> Settings:
+        if self.auth == "disabled" and not _is_loopback(self.host):
+            raise ValueError("auth=disabled is only accepted when host is a loopback address")
+        return self
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        url = self.database_url
+        return "postgresql" if url and url.startswith("postgres") else "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file: from ``database_url`` when given, else ``<data_dir>/memvault.db``."""
+        url = self.database_url
+        if url:
+            return Path(url.split(":///", 1)[1])
+        return self.data_dir / "memvault.db"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment plus ``overrides``.
+
+    Raises:
+        ConfigError: one line naming the first bad setting.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise ConfigError(f"invalid setting MEMVAULT_{name.upper()}: {err['msg']}") from None

@@ -1,0 +1,1 @@
+"""Domain stores: each owns its tables and speaks the domain, never HTTP."""

@@ -1,0 +1,162 @@
+"""Files: uploaded documents of an entity, kept content-addressed in the blob store.
+
+A document row references a blob by sha256; ``blobs.refcount`` counts the rows.
+Publishing a blob file and removing one both happen inside the write transaction
+that changes the count, so the file and the count never disagree for long: at
+worst a crash leaves an unreferenced file behind, never a row without its file.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..backends.schema import blobs, documents, entities
+from ..errors import NotFound
+from ..ids import new_id, utcnow
+from ..models import Document, Page
+from ._paging import DEFAULT_LIMIT, keyset_page
+
+if TYPE_CHECKING:
+    from ..scope import Scope
+
+__all__ = ["FileStore", "clean_filename"]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;.*)?$")
+
+
+def clean_filename(name: str | None) -> str:
+    """A display name with no path parts or control characters; never a path."""
+    name = unicodedata.normalize("NFC", name or "")
+    name = _CONTROL.sub("", name)
+    name = re.split(r"[/\\]", name)[-1].strip().lstrip(".")
+    if len(name.encode()) > 255:
+        stem, dot, ext = name.rpartition(".")
+        keep = ext if dot and len(ext) <= 16 else ""
+        name = name.encode()[: 255 - len(keep) - 1].decode(errors="ignore") + (
+            "." + keep if keep else "")
+    return name or "file"
+
+
+def _content_type(declared: str | None, filename: str) -> str:
+    if declared and _CONTENT_TYPE.match(declared) and declared != "application/octet-stream":
+        return declared[:255]
+    return mimetypes.guess_type(filename)[0] or declared or "application/octet-stream"
+
+
+def _document(row: Any) -> Document:
+    return Document(doc_id=row.doc_id, entity_id=row.entity_id, filename=row.filename,
+                    content_type=row.content_type, size=row.size, sha256=row.sha256,
+                    created_at=row.created_at)
+
+
+class FileStore:
+    """One owner's documents. Obtain through ``vault.for_user(uid).files``."""
+
+    def __init__(self, scope: Scope) -> None:
+        self._scope = scope
+        self._vault = scope.vault
+        self._db = scope.vault.db
+        self._blobs = scope.vault.blobs
+        self._owner = scope.owner_id
+
+    def _where(self, entity_id: str, doc_id: str) -> sa.ColumnElement[bool]:
+        return sa.and_(documents.c.owner_id == self._owner, documents.c.entity_id == entity_id,
+                       documents.c.doc_id == doc_id)
+
+    def add(self, entity_id: str, filename: str | None, data: BinaryIO | Iterable[bytes] | bytes,
+            content_type: str | None = None, max_bytes: int | None = None) -> Document:
+        """Store one file under the entity.
+
+        Raises:
+            NotFound: no such entity for this owner.
+            PayloadTooLarge: over ``max_bytes`` (default: the upload limit); nothing is kept.
+        """
+        self._scope.entities.get(entity_id)  # 404 before reading a large body
+        limit = max_bytes if max_bytes is not None else self._vault.settings.max_upload_mb << 20
+        source = [data] if isinstance(data, bytes) else data
+        staged = self._blobs.stage(source, limit)
+        name = clean_filename(filename)
+        doc = {"owner_id": self._owner, "doc_id": new_id(), "entity_id": entity_id,
+               "filename": name, "content_type": _content_type(content_type, name),
+               "size": staged.size, "sha256": staged.sha256, "created_at": utcnow()}
+        try:
+            with self._db.write() as conn:
+                found = conn.execute(
+                    entities.update().where(entities.c.owner_id == self._owner,
+                                            entities.c.entity_id == entity_id)
+                    .values(document_count=entities.c.document_count + 1)).rowcount
+                if not found:
+                    raise NotFound(f"entity {entity_id!r} not found")
+                conn.execute(documents.insert().values(**doc))
+                conn.execute(self._db.backend.upsert(
+                    blobs, {"sha256": staged.sha256, "size": staged.size, "refcount": 1,
+                            "created_at": doc["created_at"]},
+                    keys=["sha256"], set_={"refcount": blobs.c.refcount + 1}))
+                self._blobs.publish(staged)
+        finally:
+            staged.discard()
+        return Document(**{k: v for k, v in doc.items() if k != "owner_id"})
+
+    def get(self, entity_id: str, doc_id: str) -> Document:
+        with self._db.read() as conn:
+            row = conn.execute(sa.select(documents).where(self._where(entity_id, doc_id))).first()
+        if row is None:
+            self._scope.entities.get(entity_id)
+            raise NotFound(f"document {doc_id!r} not found")
+        return _document(row)
+
+    def open(self, entity_id: str, doc_id: str) -> tuple[Document, Iterator[bytes]]:
+        """The document and an iterator over its bytes."""
+        doc = self.get(entity_id, doc_id)
+        return doc, self._blobs.iter_bytes(doc.sha256)
+
+    def read(self, entity_id: str, doc_id: str) -> bytes:
+        _doc, chunks = self.open(entity_id, doc_id)
+        return b"".join(chunks)
+
+    def list(self, entity_id: str, limit: int = DEFAULT_LIMIT,
+             cursor: str | None = None) -> Page[Document]:
+        """Newest first."""
+        self._scope.entities.get(entity_id)
+        with self._db.read() as conn:
+            query = sa.select(documents).where(documents.c.owner_id == self._owner,
+                                               documents.c.entity_id == entity_id)
+            return keyset_page(conn, query, documents.c.doc_id, limit, cursor, _document)
+
+    def delete(self, entity_id: str, doc_id: str) -> None:
+        with self._db.write() as conn:
+            row = conn.execute(documents.delete().where(self._where(entity_id, doc_id))
+                               .returning(documents.c.sha256)).first()
+            if row is None:
+                raise NotFound(f"document {doc_id!r} not found")
+            conn.execute(entities.update().where(entities.c.owner_id == self._owner,
+                                                 entities.c.entity_id == entity_id)
+                         .values(document_count=entities.c.document_count - 1))
+            self._release(conn, [row.sha256])
+
+    def release_entity(self, conn: Connection, entity_id: str) -> None:
+        """Delete every document of an entity inside the caller's transaction."""
+        shas = conn.execute(documents.delete().where(documents.c.owner_id == self._owner,
+                                                     documents.c.entity_id == entity_id)
+                            .returning(documents.c.sha256)).scalars().all()
+        self._release(conn, list(shas))
+
+    def _release(self, conn: Connection, shas: list[str]) -> None:
+        for sha in shas:
+            left = conn.execute(blobs.update().where(blobs.c.sha256 == sha)
+                                .values(refcount=blobs.c.refcount - 1)
+                                .returning(blobs.c.refcount)).scalar_one_or_none()
+            if left is not None and left <= 0:
+                conn.execute(blobs.delete().where(blobs.c.sha256 == sha))
+                # Inside the transaction: the write lock (SQLite) or the row lock
+                # (PostgreSQL) keeps a concurrent upload of the same bytes from
+                # publishing between our count and this unlink.
+                self._blobs.remove(sha)
