@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(50, ge=1, le=100_000)
     max_body_kb: int = Field(4096, ge=16, description="limit for JSON request bodies")
     token_ttl_hours: int = Field(720, ge=1)
+    password_hash: Literal["rfc9106", "owasp"] = "rfc9106"
     stream_bundle_tokens: int = Field(20, ge=1)
     persist_chunk_tokens: int = Field(60, ge=1)
     persist_interval_ms: int = Field(200, ge=1)
@@ -62,7 +63,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _auth_only_off_on_loopback(self) -> Settings:
         if self.auth == "disabled" and not _is_loopback(self.host):
-            raise ValueError("auth=disabled is only accepted when host is a loopback address")
+            raise ValueError("MEMVAULT_AUTH=disabled is only accepted when MEMVAULT_HOST is a "
+                             "loopback address")
         return self
 
     @property
@@ -89,5 +91,8 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         err = exc.errors()[0]
-        name = ".".join(str(p) for p in err["loc"]) or "settings"
-        raise ConfigError(f"invalid setting MEMVAULT_{name.upper()}: {err['msg']}") from None
+        name = ".".join(str(p) for p in err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if not name:  # a rule across fields names them itself
+            raise ConfigError(f"invalid settings: {message}") from None
+        raise ConfigError(f"invalid setting MEMVAULT_{name.upper()}: {message}") from None

@@ -66,7 +66,7 @@ class Vault:
             log.info("schema migrated", before=before, after=after)
         self.blobs = BlobStore(settings.data_dir / "blobs", fsync=settings.durability == "full")
         self.blobs.clean_tmp()
-        self.users = UserStore(self.db, settings.token_ttl_hours)
+        self.users = UserStore(self.db, settings.token_ttl_hours, settings.password_hash)
         self.hub = LocalHub()
         self.writer_id = writer_identity()
         self.chunk_writer = ChunkWriter(self)

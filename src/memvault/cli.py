@@ -1,0 +1,95 @@
+"""The ``memvault`` command: a thin skin, each command calling one library function."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import MemvaultError
+from .settings import Settings, load_settings
+
+app = typer.Typer(help="memvault: durable memory for AI applications.", no_args_is_help=True,
+                  add_completion=False)
+out = Console()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one plain line to stderr; return the exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except MemvaultError as exc:
+        raise _fail(exc.detail, 2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (MEMVAULT_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (MEMVAULT_PORT)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    reload: Annotated[bool, typer.Option(help="restart on code changes (development)")] = False,
+) -> None:
+    """Serve the HTTP API (embedded SQLite under ./data unless configured)."""
+    import uvicorn
+
+    settings = _settings(host=host, port=port)
+    # Workers are separate processes that read their settings from the environment.
+    os.environ["MEMVAULT_HOST"] = settings.host
+    os.environ["MEMVAULT_PORT"] = str(settings.port)
+    try:  # fail here, with one line, rather than in every worker
+        from .vault import Vault
+        Vault(settings, sweep=False).close()
+    except MemvaultError as exc:
+        raise _fail(exc.detail, 2) from None
+    uvicorn.run("memvault.service.app:app_from_env", factory=True, host=settings.host,
+                port=settings.port, workers=workers, reload=reload, log_level="warning",
+                timeout_graceful_shutdown=5)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply schema migrations now (they also run on every start)."""
+    from .backends.migrate import upgrade
+    from .vault import _backend
+    from .backends.base import Database
+
+    settings = _settings()
+    backend = _backend(settings)
+    db = Database(backend.create_engine(), backend)  # type: ignore[attr-defined]
+    try:
+        before, after = upgrade(db)
+    except MemvaultError as exc:
+        raise _fail(exc.detail) from None
+    finally:
+        db.close()
+    out.print(f"schema at {after}" + (f" (was {before})" if before != after else " (current)"))
+
+
+@app.command()
+def stats() -> None:
+    """Record counts, backend and data location."""
+    from .vault import Vault
+
+    try:
+        vault = Vault(_settings(), sweep=False)
+    except MemvaultError as exc:
+        raise _fail(exc.detail) from None
+    with vault:
+        table = Table(title=f"memvault — {vault.backend} — {vault.describe()}")
+        table.add_column("kind")
+        table.add_column("count", justify="right")
+        for name, n in vault.counts().items():
+            table.add_row(name, f"{n:,}")
+        out.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,58 @@
+"""``/api/entities/{entity_id}/files``: uploads, kept content-addressed."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi import APIRouter, File, Response, UploadFile
+from fastapi.responses import FileResponse
+
+from ...models import Document, Page
+from ..deps import DEFAULT, Cursor, Limit, UserScope, VaultDep
+
+router = APIRouter(prefix="/api/entities/{entity_id}/files", tags=["files"])
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII fallback and the exact name per RFC 6266/5987."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\;' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+@router.post("", status_code=201)
+def upload_files(entity_id: str, scope: UserScope, files: list[UploadFile] = File(...)
+                 ) -> dict[str, list[Document]]:
+    scope.entities.get(entity_id)
+    stored = []
+    for upload in files:
+        stored.append(scope.files.add(entity_id, upload.filename, upload.file,
+                                      upload.content_type))
+    return {"items": stored}
+
+
+@router.get("", response_model=Page[Document])
+def list_files(entity_id: str, scope: UserScope, limit: Limit = DEFAULT, cursor: Cursor = None
+               ) -> Page[Document]:
+    return scope.files.list(entity_id, limit, cursor)
+
+
+@router.get("/{doc_id}", response_model=Document)
+def get_file(entity_id: str, doc_id: str, scope: UserScope) -> Document:
+    return scope.files.get(entity_id, doc_id)
+
+
+@router.get("/{doc_id}/content")
+def get_file_content(entity_id: str, doc_id: str, scope: UserScope, vault: VaultDep
+                     ) -> FileResponse:
+    doc = scope.files.get(entity_id, doc_id)
+    return FileResponse(vault.blobs.path(doc.sha256), media_type=doc.content_type, headers={
+        "Content-Disposition": content_disposition(doc.filename),
+        "X-Content-Type-Options": "nosniff",
+        "ETag": f'"{doc.sha256}"',
+    })
+
+
+@router.delete("/{doc_id}", status_code=204)
+def delete_file(entity_id: str, doc_id: str, scope: UserScope) -> Response:
+    scope.files.delete(entity_id, doc_id)
+    return Response(status_code=204)

@@ -1,0 +1,112 @@
+"""``/api/messages/{id}``: chunks of a streaming message, completion, and the
+live Server-Sent Events stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from ...errors import Invalid, NotFound
+from ...models import Message
+from ..deps import UserScope
+from ..schemas import ChunkAck, ChunksIn, CompleteIn
+
+router = APIRouter(prefix="/api/messages", tags=["messages"])
+
+#: How often a follower re-reads the database when no local event woke it (a
+#: writer in another process or on another machine).
+POLL_S = 0.1
+HEARTBEAT_S = 15.0
+
+
+@router.get("/{message_id}", response_model=Message)
+def get_message(message_id: str, scope: UserScope) -> Message:
+    return scope.conversations.get_message(message_id)
+
+
+@router.post("/{message_id}/chunks", response_model=ChunkAck)
+def post_chunks(message_id: str, body: ChunksIn, scope: UserScope) -> ChunkAck:
+    last = scope.conversations.append_chunks(message_id, body.pairs())
+    return ChunkAck(message_id=message_id, last_seq=last)
+
+
+@router.post("/{message_id}/complete", response_model=Message)
+def complete_message(message_id: str, scope: UserScope,
+                     body: Annotated[CompleteIn | None, Body()] = None) -> Message:
+    status = body.status if body is not None else "complete"
+    return scope.conversations.complete(message_id, status)
+
+
+def _resume_point(last_event_id: str | None, after_seq: int | None) -> int:
+    if last_event_id is not None and last_event_id.strip() != "":
+        value = last_event_id.strip()
+        if not value.isdigit() or len(value) > 12:
+            raise Invalid("Last-Event-ID must be a chunk seq (a whole number)",
+                          field="Last-Event-ID")
+        return int(value)
+    return after_seq or 0
+
+
+def _event(kind: str, data: dict[str, Any], event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@router.get("/{message_id}/stream", response_class=StreamingResponse, responses={
+    200: {"content": {"text/event-stream": {}}, "description": "chunk events, then done"}})
+async def stream_message(
+    message_id: str, request: Request, scope: UserScope,
+    after_seq: Annotated[int | None, Query(ge=0)] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    start = _resume_point(last_event_id, after_seq)
+    convs = scope.conversations
+    await run_in_threadpool(convs.chunks, message_id, start, 1)  # 404 before streaming
+    hub = scope.vault.hub
+    loop = asyncio.get_running_loop()
+
+    async def events() -> AsyncIterator[str]:
+        wake = asyncio.Event()
+        unsubscribe = hub.subscribe(message_id,
+                                    lambda _e: loop.call_soon_threadsafe(wake.set))
+        last = start
+        idle = 0.0
+        try:
+            yield "retry: 1000\n\n"
+            while True:
+                wake.clear()
+                try:
+                    chunks, status = await run_in_threadpool(convs.chunks, message_id, last, 500)
+                except NotFound:
+                    yield _event("done", {"status": "deleted", "last_seq": last})
+                    return
+                for chunk in chunks:
+                    yield _event("chunk", {"seq": chunk.seq, "text": chunk.text}, chunk.seq)
+                    last = chunk.seq
+                if chunks:
+                    idle = 0.0
+                    if len(chunks) == 500:
+                        continue
+                if status != "streaming" and not chunks:
+                    yield _event("done", {"status": status, "last_seq": last})
+                    return
+                if await request.is_disconnected():
+                    return
+                try:
+                    await asyncio.wait_for(wake.wait(), POLL_S)
+                except TimeoutError:
+                    idle += POLL_S
+                    if idle >= HEARTBEAT_S:
+                        idle = 0.0
+                        yield ": keep-alive\n\n"
+        finally:
+            unsubscribe()
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
