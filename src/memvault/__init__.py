@@ -7,7 +7,13 @@
 """
 
 from .errors import (
-    Conflict, ConfigError, Invalid, MemvaultError, NotFound, PayloadTooLarge, Unauthorized,
+    ConfigError,
+    Conflict,
+    Invalid,
+    MemvaultError,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
     Unavailable,
 )
 from .models import Chunk, Conversation, Document, Entity, Message, Page, Token, User

@@ -8,6 +8,7 @@ delete of the last reference cannot remove a file that a new row points at.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -41,10 +42,8 @@ class StagedBlob:
     size: int
 
     def discard(self) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.tmp_path.unlink()
-        except FileNotFoundError:
-            pass
 
 
 class BlobStore:
@@ -98,10 +97,8 @@ class BlobStore:
             fsync_dir(folder)
 
     def remove(self, sha256: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.path(sha256).unlink()
-        except FileNotFoundError:
-            pass
 
     def open(self, sha256: str) -> BinaryIO:
         return open(self.path(sha256), "rb")  # noqa: SIM115 - caller closes

@@ -57,9 +57,9 @@ def serve(
 @app.command()
 def migrate() -> None:
     """Apply schema migrations now (they also run on every start)."""
+    from .backends.base import Database
     from .backends.migrate import upgrade
     from .vault import _backend
-    from .backends.base import Database
 
     settings = _settings()
     backend = _backend(settings)

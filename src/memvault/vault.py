@@ -3,6 +3,7 @@ the chunk writer and the stream sweeper into one ``Vault``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -20,7 +21,11 @@ from .live import LocalHub
 from .scope import Scope
 from .settings import Settings, load_settings
 from .stores.streaming import (
-    ChunkWriter, interrupt_message, release_writer, sweep_interrupted, writer_identity,
+    ChunkWriter,
+    interrupt_message,
+    release_writer,
+    sweep_interrupted,
+    writer_identity,
 )
 from .stores.users import UserStore
 
@@ -123,10 +128,8 @@ class Vault:
         if self._sweeper is not None:
             self._sweeper.join()
         for reply in self.chunk_writer.active():
-            try:
+            with contextlib.suppress(MemvaultError):
                 reply.flush()
-            except MemvaultError:
-                pass
             interrupt_message(self.db, reply.owner_id, reply.message_id)
             self.hub.publish(reply.message_id, {"type": "done", "status": "interrupted"})
         self.chunk_writer.close()

@@ -69,8 +69,6 @@ def test_tokens_survive_reopening(settings, vault: Vault) -> None:  # type: igno
 def test_expired_tokens_are_refused(vault: Vault) -> None:
     from datetime import timedelta
 
-    import sqlalchemy as sa
-
     from memvault.backends.schema import auth_tokens
     from memvault.ids import utcnow
 

@@ -83,7 +83,7 @@ class ConversationStore:
                "last_message_at": None}
         try:
             with self._db.write() as conn:
-                conn.execute(conversations.insert().values(**row))
+                conn.execute(conversations.insert(), row)
         except Conflict:  # the entity went between our check and the insert
             raise NotFound(f"entity {entity_id!r} not found") from None
         return Conversation(**{k: v for k, v in row.items() if k != "owner_id"})
@@ -161,7 +161,7 @@ class ConversationStore:
                    "writer": writer if streaming else None,
                    "lease_expires_at": lease if streaming else None, "created_at": now,
                    "completed_at": None if streaming else now}
-            conn.execute(messages.insert().values(**row))
+            conn.execute(messages.insert(), row)
         return Message(**{k: v for k, v in row.items()
                           if k not in ("owner_id", "writer", "lease_expires_at")})
 

@@ -64,7 +64,7 @@ class EntityStore:
                "created_at": now, "updated_at": now, "document_count": 0}
         try:
             with self._db.write() as conn:
-                conn.execute(entities.insert().values(**row))
+                conn.execute(entities.insert(), row)
         except Conflict:
             raise Conflict(f"entity {entity_id!r} already exists") from None
         return Entity(entity_id=entity_id, entity_name=entity_name, description=description,

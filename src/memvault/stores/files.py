@@ -95,7 +95,7 @@ class FileStore:
                     .values(document_count=entities.c.document_count + 1)).rowcount
                 if not found:
                     raise NotFound(f"entity {entity_id!r} not found")
-                conn.execute(documents.insert().values(**doc))
+                conn.execute(documents.insert(), doc)
                 conn.execute(self._db.backend.upsert(
                     blobs, {"sha256": staged.sha256, "size": staged.size, "refcount": 1,
                             "created_at": doc["created_at"]},

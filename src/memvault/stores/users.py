@@ -74,7 +74,7 @@ class UserStore:
                "password_hash": self._hasher.hash(password)}
         try:
             with self._db.write() as conn:
-                conn.execute(users.insert().values(**row))
+                conn.execute(users.insert(), row)
         except Conflict:
             raise Conflict("a user with this email already exists") from None
         return User(id=row["id"], email=email, name=name, created_at=row["created_at"])
