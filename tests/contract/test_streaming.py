@@ -26,7 +26,7 @@ def test_reply_persists_every_n_deltas_and_completes(settings: Settings) -> None
         bundles: list[str] = []
         chunks: list[int] = []
         with convs.stream(c.id, author="researcher") as reply:
-            vault.hub.subscribe(reply.message_id, lambda e: (
+            convs.subscribe(reply.message_id, lambda e: (
                 bundles.append(e["text"]) if e["type"] == "bundle" else
                 chunks.append(e["seq"]) if e["type"] == "chunk" else None))
             for i in range(150):

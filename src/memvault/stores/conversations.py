@@ -9,7 +9,7 @@ conflict. Library streams go through ``stream()`` (see ``streaming.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from ..backends.schema import conversations, message_chunks, messages
 from ..errors import Conflict, Invalid, NotFound, PayloadTooLarge
 from ..ids import decode_cursor, encode_cursor, new_id, utcnow
+from ..live import Listener
 from ..models import Chunk, Conversation, Message, MessageStatus, Page, Role
 from ._paging import DEFAULT_LIMIT, check_limit, keyset_page
 from .entities import UNSET
@@ -393,6 +394,15 @@ class ConversationStore:
                          .values(updated_at=now, last_message_at=now))
         self._vault.hub.publish(message_id, {"type": "done", "status": status})
         return self.get_message(message_id)
+
+    def subscribe(self, message_id: str, listener: Listener) -> Callable[[], None]:
+        """Follow a live message in this process: ``listener(event)`` gets
+        ``{"type": "bundle", "text"}`` every ``stream_bundle_tokens`` deltas,
+        ``{"type": "chunk", "seq", "text"}`` per durable chunk and finally
+        ``{"type": "done", "status"}``. Returns the unsubscribe function.
+        """
+        self.get_message(message_id)  # only the owner may listen
+        return self._vault.hub.subscribe(message_id, listener)
 
     def count(self) -> int:
         with self._db.read() as conn:
