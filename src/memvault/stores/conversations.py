@@ -51,6 +51,18 @@ def _message(row: Any, content: str | None = None) -> Message:
                    completed_at=row.completed_at)
 
 
+def check_text(value: str, field: str) -> str:
+    """Refuse what is not storable text on every backend: NUL (PostgreSQL text
+    cannot hold it) and unpaired surrogates (not encodable as UTF-8)."""
+    if "\x00" in value:
+        raise Invalid(f"{field} must not contain NUL characters", field=field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(f"{field} must not contain unpaired surrogates", field=field) from None
+    return value
+
+
 def check_role(role: str) -> str:
     if role not in ROLES:
         raise Invalid(f"role must be one of {', '.join(ROLES)}", field="role")
@@ -144,6 +156,7 @@ class ConversationStore:
         check_role(role)
         if not isinstance(content, str):
             raise Invalid("content must be a string", field="content")
+        check_text(content, "content")
         now = utcnow()
         lease = now + timedelta(seconds=self._vault.settings.stream_lease_s)
         streaming = status == "streaming"
@@ -306,6 +319,7 @@ class ConversationStore:
                 raise Invalid("seq must be an integer >= 1", field="seq")
             if not isinstance(text, str):
                 raise Invalid("text must be a string", field="text")
+            check_text(text, "text")
             if len(text) > limit:
                 raise PayloadTooLarge(f"chunk text is over {limit} characters")
         now = utcnow()

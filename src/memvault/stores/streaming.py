@@ -30,6 +30,7 @@ from ..backends.schema import conversations, message_chunks, messages
 from ..errors import Conflict, MemvaultError, NotFound
 from ..ids import utcnow
 from ..models import Message
+from .conversations import check_text
 
 if TYPE_CHECKING:
     from ..vault import Vault
@@ -258,6 +259,7 @@ class Reply:
         """Add one delta; persists (durably, before returning) when a chunk is due."""
         if not isinstance(delta, str):
             raise TypeError("delta must be a str")
+        check_text(delta, "delta")
         wait: list[_Pending] = []
         with self._lock:
             if self._closed:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from ...errors import Invalid
 from ...models import Conversation, Message, Page
+from ...stores.conversations import check_text
 from ..deps import DEFAULT, Cursor, Limit, UserScope
 from ..schemas import ConversationIn, ConversationPatch, MessageIn
 
@@ -57,11 +58,13 @@ def post_message(conv_id: str, body: MessageIn, scope: UserScope) -> Message:
     convs = scope.conversations
     if body.status == "complete":
         return convs.append(conv_id, body.role, body.content, body.author, body.metadata)
-    message = convs.start_message(conv_id, body.role, body.author, body.metadata)
-    if body.content:
+    if body.content:  # refuse before the message exists, not after
+        check_text(body.content, "content")
         if len(body.content) > scope.vault.settings.max_chunk_chars:
             raise Invalid("content of a streaming message must be sent as chunks",
                           field="content")
+    message = convs.start_message(conv_id, body.role, body.author, body.metadata)
+    if body.content:
         convs.append_chunks(message.id, [(1, body.content)])
         return convs.get_message(message.id)
     return message
