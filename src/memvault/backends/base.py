@@ -27,6 +27,9 @@ class Backend:
     name: str = "abstract"
     #: True when several processes share one local file (SQLite).
     local_file: bool = False
+    #: Execution options of read connections (PostgreSQL reads in autocommit:
+    #: no BEGIN/ROLLBACK round trips around a single SELECT).
+    read_options: dict[str, Any] = {}
 
     def begin_write(self, conn: Connection) -> None:
         """Start a write transaction on ``conn``."""
@@ -73,6 +76,8 @@ class Database:
         """A connection for reads (each statement sees committed data)."""
         try:
             with self.engine.connect() as conn:
+                if self.backend.read_options:
+                    conn = conn.execution_options(**self.backend.read_options)
                 yield conn
         except sa_exc.OperationalError as exc:
             raise Unavailable(f"database unavailable: {exc.orig}") from exc

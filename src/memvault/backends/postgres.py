@@ -33,6 +33,7 @@ def normalise_url(url: str) -> str:
 
 class PostgresBackend(Backend):
     name = "postgresql"
+    read_options = {"isolation_level": "AUTOCOMMIT"}
 
     def __init__(self, url: str, durability: str) -> None:
         self.url = normalise_url(url)
@@ -40,8 +41,10 @@ class PostgresBackend(Backend):
         self.has_vector = False
 
     def create_engine(self) -> Engine:
-        engine = sa.create_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True,
-                                  pool_timeout=60)
+        # No pre-ping (a SELECT 1 per checkout): a connection the server dropped
+        # fails once, SQLAlchemy invalidates the pool, and the next call reconnects.
+        engine = sa.create_engine(self.url, pool_size=10, max_overflow=20, pool_timeout=60,
+                                  pool_recycle=1800)
         sync = self.synchronous_commit
 
         @event.listens_for(engine, "connect")

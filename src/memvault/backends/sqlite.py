@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import sqlite3
 import time
@@ -32,6 +33,15 @@ BUSY_TIMEOUT_MS = 10_000
 LOCK_DEADLINE_S = 120.0
 
 
+def _json_loads(text: str) -> Any:
+    # Most metadata is empty; skip the decoder for it (a page reads one per row).
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    return json.loads(text)
+
+
 class SQLiteBackend(Backend):
     name = "sqlite"
     local_file = True
@@ -49,7 +59,7 @@ class SQLiteBackend(Backend):
         engine = sa.create_engine(
             f"sqlite+pysqlite:///{self.path}",
             connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
-            pool_size=8, max_overflow=32, pool_timeout=60,
+            pool_size=8, max_overflow=32, pool_timeout=60, json_deserializer=_json_loads,
         )
         synchronous = self.synchronous
 

@@ -27,8 +27,9 @@ def check_limit(limit: int) -> int:
 
 def keyset_page(conn: Connection, query: sa.Select[Any], key: sa.ColumnElement[Any],
                 limit: int, cursor: str | None, mapper: Callable[[Any], T],
-                newest_first: bool = True) -> Page[T]:
-    """One page of ``query`` ordered by the unique ``key`` column."""
+                newest_first: bool = True, params: dict[str, Any] | None = None) -> Page[T]:
+    """One page of ``query`` ordered by the unique ``key`` column (which the
+    query must select, by that name)."""
     check_limit(limit)
     if cursor is not None:
         after = decode_cursor(cursor)
@@ -36,8 +37,8 @@ def keyset_page(conn: Connection, query: sa.Select[Any], key: sa.ColumnElement[A
             raise Invalid("malformed cursor", field="cursor")
         query = query.where(key < after if newest_first else key > after)
     query = query.order_by(key.desc() if newest_first else key.asc()).limit(limit + 1)
-    rows = conn.execute(query).all()
+    rows = conn.execute(query, params or {}).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = encode_cursor(getattr(rows[-1], key.name)) if more and rows else None
+    next_cursor = encode_cursor(rows[-1]._mapping[key]) if more and rows else None
     return Page(items=[mapper(r) for r in rows], next_cursor=next_cursor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +24,34 @@ _ENTITY_ID = re.compile(ENTITY_ID_PATTERN)
 UNSET: Any = object()
 
 
+# Statements are built once: building SQLAlchemy expressions per call cost more
+# than the database work (bench/RESULTS.md). Rows are unpacked by position.
+_COLUMNS = (entities.c.entity_id, entities.c.name, entities.c.description, entities.c.metadata,
+            entities.c.created_at, entities.c.updated_at, entities.c.document_count,
+            entities.c.row_id)
+_KEY = sa.and_(entities.c.owner_id == sa.bindparam("owner"),
+               entities.c.entity_id == sa.bindparam("b_entity_id"))
+_GET = sa.select(*_COLUMNS).where(_KEY)
+_EXISTS = sa.select(entities.c.row_id).where(_KEY)
+_DELETE = entities.delete().where(_KEY)
+_LIST = sa.select(*_COLUMNS).where(entities.c.owner_id == sa.bindparam("owner"))
+_COUNT = sa.select(sa.func.count()).select_from(entities).where(
+    entities.c.owner_id == sa.bindparam("owner"))
+_UPDATE_FIELDS = ("name", "description", "metadata")
+
+
+@functools.cache
+def _update_statement(fields: tuple[str, ...]) -> sa.Update:
+    values = {f: sa.bindparam(f"v_{f}") for f in fields}
+    return (entities.update().where(_KEY)
+            .values(updated_at=sa.bindparam("v_updated_at"), **values).returning(*_COLUMNS))
+
+
 def _entity(row: Any) -> Entity:
-    return Entity(entity_id=row.entity_id, entity_name=row.name, description=row.description,
-                  metadata=row.metadata or {}, created_at=row.created_at,
-                  updated_at=row.updated_at, document_count=row.document_count)
+    entity_id, name, description, metadata, created, updated, count, _row_id = row
+    return Entity(entity_id=entity_id, entity_name=name, description=description,
+                  metadata=metadata or {}, created_at=created, updated_at=updated,
+                  document_count=count)
 
 
 def check_entity_id(entity_id: str) -> str:
@@ -44,8 +69,8 @@ class EntityStore:
         self._db = scope.vault.db
         self._owner = scope.owner_id
 
-    def _where(self, entity_id: str) -> sa.ColumnElement[bool]:
-        return sa.and_(entities.c.owner_id == self._owner, entities.c.entity_id == entity_id)
+    def _key(self, entity_id: str) -> dict[str, str]:
+        return {"owner": self._owner, "b_entity_id": entity_id}
 
     def create(self, entity_name: str, entity_id: str | None = None,
                description: str | None = None, metadata: dict[str, Any] | None = None) -> Entity:
@@ -72,26 +97,25 @@ class EntityStore:
 
     def get(self, entity_id: str) -> Entity:
         with self._db.read() as conn:
-            row = conn.execute(sa.select(entities).where(self._where(entity_id))).first()
+            row = conn.execute(_GET, self._key(entity_id)).first()
         if row is None:
             raise NotFound(f"entity {entity_id!r} not found")
         return _entity(row)
 
     def exists(self, entity_id: str) -> bool:
         with self._db.read() as conn:
-            return conn.execute(sa.select(entities.c.row_id)
-                                .where(self._where(entity_id))).first() is not None
+            return conn.execute(_EXISTS, self._key(entity_id)).first() is not None
 
     def list(self, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[Entity]:
         """Newest first."""
         with self._db.read() as conn:
-            query = sa.select(entities).where(entities.c.owner_id == self._owner)
-            return keyset_page(conn, query, entities.c.row_id, limit, cursor, _entity)
+            return keyset_page(conn, _LIST, entities.c.row_id, limit, cursor, _entity,
+                               params={"owner": self._owner})
 
     def update(self, entity_id: str, *, entity_name: str = UNSET, description: str | None = UNSET,
                metadata: dict[str, Any] = UNSET) -> Entity:
         """Change the given fields; others stay. ``metadata`` replaces the old mapping."""
-        values: dict[str, Any] = {"updated_at": utcnow()}
+        values: dict[str, Any] = {}
         if entity_name is not UNSET:
             if not entity_name or not entity_name.strip():
                 raise Invalid("entity_name must not be empty", field="entity_name")
@@ -100,9 +124,11 @@ class EntityStore:
             values["description"] = description
         if metadata is not UNSET:
             values["metadata"] = metadata or {}
+        statement = _update_statement(tuple(f for f in _UPDATE_FIELDS if f in values))
+        params = {f"v_{k}": v for k, v in values.items()}
         with self._db.write() as conn:
-            row = conn.execute(entities.update().where(self._where(entity_id)).values(**values)
-                               .returning(*entities.c)).first()
+            row = conn.execute(statement, {**params, **self._key(entity_id),
+                                           "v_updated_at": utcnow()}).first()
         if row is None:
             raise NotFound(f"entity {entity_id!r} not found")
         return _entity(row)
@@ -110,14 +136,12 @@ class EntityStore:
     def delete(self, entity_id: str) -> None:
         """Delete the entity with its files and conversations."""
         with self._db.write() as conn:
-            if conn.execute(sa.select(entities.c.row_id).where(self._where(entity_id))).first() \
-                    is None:
+            if conn.execute(_EXISTS, self._key(entity_id)).first() is None:
                 raise NotFound(f"entity {entity_id!r} not found")
             self._scope.files.release_entity(conn, entity_id)
             # Conversations, their messages and chunks go by ON DELETE CASCADE.
-            conn.execute(entities.delete().where(self._where(entity_id)))
+            conn.execute(_DELETE, self._key(entity_id))
 
     def count(self) -> int:
         with self._db.read() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(entities)
-                                    .where(entities.c.owner_id == self._owner)).scalar_one())
+            return int(conn.execute(_COUNT, {"owner": self._owner}).scalar_one())
