@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +31,13 @@ class Backend:
     #: Execution options of read connections (PostgreSQL reads in autocommit:
     #: no BEGIN/ROLLBACK round trips around a single SELECT).
     read_options: dict[str, Any] = {}
+    #: The driver's positional parameter marker, for the few raw executemany
+    #: statements on hot paths.
+    placeholder: str = "?"
+
+    def timestamp_param(self, value: datetime) -> Any:
+        """An aware UTC datetime as the driver takes it for a timestamp column."""
+        return value
 
     def begin_write(self, conn: Connection) -> None:
         """Start a write transaction on ``conn``."""

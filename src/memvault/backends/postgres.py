@@ -34,6 +34,7 @@ def normalise_url(url: str) -> str:
 class PostgresBackend(Backend):
     name = "postgresql"
     read_options = {"isolation_level": "AUTOCOMMIT"}
+    placeholder = "%s"
 
     def __init__(self, url: str, durability: str) -> None:
         self.url = normalise_url(url)

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,10 @@ class SQLiteBackend(Backend):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(f"{self.path}{suffix}", 0o600)
         return engine
+
+    def timestamp_param(self, value: datetime) -> Any:
+        # The text layout of schema._SQLiteUTC, so raw and Core writes agree.
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
     def begin_write(self, conn: Connection) -> None:
         deadline = time.monotonic() + LOCK_DEADLINE_S

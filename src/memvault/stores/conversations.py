@@ -9,6 +9,7 @@ conflict. Library streams go through ``stream()`` (see ``streaming.py``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, get_args
@@ -35,20 +36,81 @@ FINAL_STATUSES = ("complete", "failed")
 MAX_CHUNKS_PER_CALL = 1000
 
 
+# Statements are built once and rows unpacked by position: on the read paths,
+# building SQLAlchemy expressions and Row attribute access per call cost more
+# than the database work (bench/RESULTS.md).
+_bp = sa.bindparam
+_C, _M, _K = conversations.c, messages.c, message_chunks.c
+_CONV_COLS = (_C.id, _C.entity_id, _C.title, _C.participants, _C.metadata, _C.created_at,
+              _C.updated_at, _C.message_count, _C.last_message_at)
+_CONV_KEY = sa.and_(_C.owner_id == _bp("owner"), _C.id == _bp("conv_id"))
+_CONV_GET = sa.select(*_CONV_COLS).where(_CONV_KEY)
+_CONV_EXISTS = sa.select(_C.id).where(_CONV_KEY)
+_CONV_LIST = sa.select(*_CONV_COLS).where(_C.owner_id == _bp("owner"))
+_CONV_LIST_ENTITY = _CONV_LIST.where(_C.entity_id == _bp("entity"))
+_CONV_DELETE = conversations.delete().where(_CONV_KEY)
+_CONV_BUMP = (conversations.update().where(_CONV_KEY)
+              .values(message_count=_C.message_count + 1, last_message_at=_bp("b_now"),
+                      updated_at=_bp("b_now"))
+              .returning(_C.message_count))
+_CONV_TOUCH = conversations.update().where(_CONV_KEY).values(
+    updated_at=_bp("b_now"), last_message_at=_bp("b_now"))
+_CONV_FIELDS = ("title", "participants", "metadata")
+
+_MSG_COLS = (_M.id, _M.conversation_id, _M.role, _M.author, _M.content, _M.metadata, _M.status,
+             _M.seq, _M.last_chunk_seq, _M.created_at, _M.completed_at)
+_ID, _STATUS = 0, 6  # positions in _MSG_COLS
+_MSG_KEY = sa.and_(_M.owner_id == _bp("owner"), _M.id == _bp("message_id"))
+_MSG_GET = sa.select(*_MSG_COLS).where(_MSG_KEY)
+_MSG_GET_LOCKED = _MSG_GET.with_for_update()
+_MSG_STATUS = sa.select(_M.status).where(_MSG_KEY)
+_MSG_IN_CONV = sa.and_(_M.owner_id == _bp("owner"), _M.conversation_id == _bp("conv_id"))
+_MSGS_ALL = sa.select(*_MSG_COLS).where(_MSG_IN_CONV).order_by(_M.seq)
+_MSGS_AFTER = (sa.select(*_MSG_COLS).where(_MSG_IN_CONV, _M.seq > _bp("pivot"))
+               .order_by(_M.seq).limit(_bp("lim")))
+_MSGS_BEFORE = (sa.select(*_MSG_COLS).where(_MSG_IN_CONV, _M.seq < _bp("pivot"))
+                .order_by(_M.seq.desc()).limit(_bp("lim")))
+_MSG_SEQ_OF = sa.select(_M.seq).where(_MSG_IN_CONV, _M.id == _bp("message_id"))
+_MSG_AFTER_CHUNKS = messages.update().where(_MSG_KEY).values(
+    last_chunk_seq=_bp("b_last"), writer=_bp("b_writer"), lease_expires_at=_bp("b_lease"))
+_MSG_FINISH = messages.update().where(_MSG_KEY).values(
+    status=_bp("b_status"), content=_bp("b_content"), completed_at=_bp("b_now"), writer=None,
+    lease_expires_at=None)
+
+_CHUNK_OF = sa.and_(_K.owner_id == _bp("owner"), _K.message_id == _bp("message_id"))
+_CHUNK_TEXTS = sa.select(_K.text).where(_CHUNK_OF).order_by(_K.seq)
+_CHUNK_TEXT_AT = sa.select(_K.text).where(_CHUNK_OF, _K.seq == _bp("seq"))
+_CHUNKS_AFTER = (sa.select(_K.seq, _K.text, _K.created_at).where(_CHUNK_OF, _K.seq > _bp("after"))
+                 .order_by(_K.seq))
+_CHUNKS_AFTER_LIMIT = _CHUNKS_AFTER.limit(_bp("lim"))
+_CHUNK_TEXTS_OF_MANY = (sa.select(_K.message_id, _K.text)
+                        .where(_K.owner_id == _bp("owner"),
+                               _K.message_id.in_(_bp("ids", expanding=True)))
+                        .order_by(_K.message_id, _K.seq))
+
+
+@functools.cache
+def _conv_update_statement(fields: tuple[str, ...]) -> sa.Update:
+    values = {f: _bp(f"v_{f}") for f in fields}
+    return (conversations.update().where(_CONV_KEY)
+            .values(updated_at=_bp("v_updated_at"), **values).returning(*_CONV_COLS))
+
+
 def _conversation(row: Any, msgs: list[Message] | None = None) -> Conversation:
-    return Conversation(id=row.id, entity_id=row.entity_id, title=row.title,
-                        participants=row.participants or [], metadata=row.metadata or {},
-                        created_at=row.created_at, updated_at=row.updated_at,
-                        message_count=row.message_count, last_message_at=row.last_message_at,
-                        messages=msgs)
+    conv_id, entity_id, title, participants, metadata, created, updated, count, last = row
+    return Conversation(id=conv_id, entity_id=entity_id, title=title,
+                        participants=participants or [], metadata=metadata or {},
+                        created_at=created, updated_at=updated, message_count=count,
+                        last_message_at=last, messages=msgs)
 
 
 def _message(row: Any, content: str | None = None) -> Message:
-    return Message(id=row.id, conversation_id=row.conversation_id, role=row.role,
-                   author=row.author, content=row.content if content is None else content,
-                   metadata=row.metadata or {}, status=row.status, seq=row.seq,
-                   last_chunk_seq=row.last_chunk_seq, created_at=row.created_at,
-                   completed_at=row.completed_at)
+    (msg_id, conv_id, role, author, stored, metadata, status, seq, last_chunk, created,
+     completed) = row
+    return Message(id=msg_id, conversation_id=conv_id, role=role, author=author,
+                   content=stored if content is None else content, metadata=metadata or {},
+                   status=status, seq=seq, last_chunk_seq=last_chunk, created_at=created,
+                   completed_at=completed)
 
 
 def check_text(value: str, field: str) -> str:
@@ -80,8 +142,11 @@ class ConversationStore:
 
     # -- conversations ------------------------------------------------------
 
-    def _conv_where(self, conv_id: str) -> sa.ColumnElement[bool]:
-        return sa.and_(conversations.c.owner_id == self._owner, conversations.c.id == conv_id)
+    def _conv_key(self, conv_id: str) -> dict[str, str]:
+        return {"owner": self._owner, "conv_id": conv_id}
+
+    def _msg_key(self, message_id: str) -> dict[str, str]:
+        return {"owner": self._owner, "message_id": message_id}
 
     def create(self, title: str | None = None, entity_id: str | None = None,
                participants: Sequence[str] | None = None,
@@ -103,40 +168,39 @@ class ConversationStore:
 
     def get(self, conv_id: str, include_messages: bool = False) -> Conversation:
         with self._db.read() as conn:
-            row = conn.execute(sa.select(conversations).where(self._conv_where(conv_id))).first()
+            row = conn.execute(_CONV_GET, self._conv_key(conv_id)).first()
             if row is None:
                 raise NotFound(f"conversation {conv_id!r} not found")
             msgs = None
             if include_messages:
-                rows = conn.execute(
-                    sa.select(messages).where(messages.c.owner_id == self._owner,
-                                              messages.c.conversation_id == conv_id)
-                    .order_by(messages.c.seq)).all()
+                rows = conn.execute(_MSGS_ALL, self._conv_key(conv_id)).all()
                 msgs = self._with_content(conn, rows)
         return _conversation(row, msgs)
 
     def list(self, limit: int = DEFAULT_LIMIT, cursor: str | None = None,
              entity_id: str | None = None) -> Page[Conversation]:
         """Newest first; only those of ``entity_id`` when given."""
-        query = sa.select(conversations).where(conversations.c.owner_id == self._owner)
+        query, params = _CONV_LIST, {"owner": self._owner}
         if entity_id is not None:
-            query = query.where(conversations.c.entity_id == entity_id)
+            query, params = _CONV_LIST_ENTITY, {**params, "entity": entity_id}
         with self._db.read() as conn:
-            return keyset_page(conn, query, conversations.c.id, limit, cursor, _conversation)
+            return keyset_page(conn, query, _C.id, limit, cursor, _conversation, params=params)
 
     def update(self, conv_id: str, *, title: str | None = UNSET,
                participants: Sequence[str] = UNSET, metadata: dict[str, Any] = UNSET
                ) -> Conversation:
-        values: dict[str, Any] = {"updated_at": utcnow()}
+        values: dict[str, Any] = {}
         if title is not UNSET:
             values["title"] = title
         if participants is not UNSET:
             values["participants"] = list(participants or [])
         if metadata is not UNSET:
             values["metadata"] = metadata or {}
+        statement = _conv_update_statement(tuple(f for f in _CONV_FIELDS if f in values))
+        params = {f"v_{k}": v for k, v in values.items()}
         with self._db.write() as conn:
-            row = conn.execute(conversations.update().where(self._conv_where(conv_id))
-                               .values(**values).returning(*conversations.c)).first()
+            row = conn.execute(statement, {**params, **self._conv_key(conv_id),
+                                           "v_updated_at": utcnow()}).first()
         if row is None:
             raise NotFound(f"conversation {conv_id!r} not found")
         return _conversation(row)
@@ -144,7 +208,7 @@ class ConversationStore:
     def delete(self, conv_id: str) -> None:
         """Delete the conversation with its messages and chunks."""
         with self._db.write() as conn:
-            gone = conn.execute(conversations.delete().where(self._conv_where(conv_id))).rowcount
+            gone = conn.execute(_CONV_DELETE, self._conv_key(conv_id)).rowcount
         if not gone:
             raise NotFound(f"conversation {conv_id!r} not found")
 
@@ -161,11 +225,8 @@ class ConversationStore:
         lease = now + timedelta(seconds=self._vault.settings.stream_lease_s)
         streaming = status == "streaming"
         with self._db.write() as conn:
-            seq = conn.execute(
-                conversations.update().where(self._conv_where(conv_id))
-                .values(message_count=conversations.c.message_count + 1, last_message_at=now,
-                        updated_at=now)
-                .returning(conversations.c.message_count)).scalar_one_or_none()
+            seq = conn.execute(_CONV_BUMP, {**self._conv_key(conv_id), "b_now": now}
+                               ).scalar_one_or_none()
             if seq is None:
                 raise NotFound(f"conversation {conv_id!r} not found")
             row = {"owner_id": self._owner, "id": new_id(), "conversation_id": conv_id,
@@ -208,35 +269,28 @@ class ConversationStore:
         return Reply(self._vault, self._owner, message)
 
     def _message_row(self, conn: Connection, message_id: str, lock: bool = False) -> Any:
-        query = sa.select(messages).where(messages.c.owner_id == self._owner,
-                                          messages.c.id == message_id)
-        if lock:
-            query = query.with_for_update()
-        row = conn.execute(query).first()
+        row = conn.execute(_MSG_GET_LOCKED if lock else _MSG_GET, self._msg_key(message_id)).first()
         if row is None:
             raise NotFound(f"message {message_id!r} not found")
         return row
 
     def _chunk_text(self, conn: Connection, message_id: str) -> str:
-        return "".join(conn.execute(
-            sa.select(message_chunks.c.text)
-            .where(message_chunks.c.owner_id == self._owner,
-                   message_chunks.c.message_id == message_id)
-            .order_by(message_chunks.c.seq)).scalars())
+        return "".join(conn.execute(_CHUNK_TEXTS, self._msg_key(message_id)).scalars())
 
     def _with_content(self, conn: Connection, rows: Sequence[Any]) -> list[Message]:
         """Messages, with text rebuilt from chunks for those still streaming."""
-        live = [r.id for r in rows if r.status == "streaming"]
+        live = [r[_ID] for r in rows if r[_STATUS] == "streaming"]
+        if not live:
+            return [_message(r) for r in rows]
         texts: dict[str, list[str]] = {}
-        if live:
-            for mid, text in conn.execute(
-                    sa.select(message_chunks.c.message_id, message_chunks.c.text)
-                    .where(message_chunks.c.owner_id == self._owner,
-                           message_chunks.c.message_id.in_(live))
-                    .order_by(message_chunks.c.message_id, message_chunks.c.seq)):
-                texts.setdefault(mid, []).append(text)
-        return [_message(r, "".join(texts.get(r.id, [])) if r.status == "streaming" else None)
+        for mid, text in conn.execute(_CHUNK_TEXTS_OF_MANY, {"owner": self._owner, "ids": live}):
+            texts.setdefault(mid, []).append(text)
+        return [_message(r, "".join(texts.get(r[_ID], [])) if r[_STATUS] == "streaming" else None)
                 for r in rows]
+
+    def _require_conversation(self, conn: Connection, conv_id: str) -> None:
+        if conn.execute(_CONV_EXISTS, self._conv_key(conv_id)).first() is None:
+            raise NotFound(f"conversation {conv_id!r} not found")
 
     def get_message(self, message_id: str) -> Message:
         """The message; while it streams, ``content`` is the text persisted so far."""
@@ -256,10 +310,8 @@ class ConversationStore:
         check_limit(limit)
         if sum(x is not None for x in (before, after, cursor)) > 1:
             raise Invalid("give at most one of before, after and cursor", field="cursor")
+        key = self._conv_key(conv_id)
         with self._db.read() as conn:
-            if conn.execute(sa.select(conversations.c.id)
-                            .where(self._conv_where(conv_id))).first() is None:
-                raise NotFound(f"conversation {conv_id!r} not found")
             direction, pivot = "a", 0
             if cursor is not None:
                 value = decode_cursor(cursor)
@@ -270,19 +322,15 @@ class ConversationStore:
             elif before is not None or after is not None:
                 ref = before if before is not None else after
                 field = "before" if before is not None else "after"
-                pivot = conn.execute(sa.select(messages.c.seq).where(
-                    messages.c.owner_id == self._owner, messages.c.conversation_id == conv_id,
-                    messages.c.id == ref)).scalar_one_or_none()
+                pivot = conn.execute(_MSG_SEQ_OF, {**key, "message_id": ref}).scalar_one_or_none()
                 if pivot is None:
+                    self._require_conversation(conn, conv_id)
                     raise NotFound(f"message {ref!r} not found in this conversation")
                 direction = "b" if field == "before" else "a"
-            query = sa.select(messages).where(messages.c.owner_id == self._owner,
-                                              messages.c.conversation_id == conv_id)
-            if direction == "a":
-                query = query.where(messages.c.seq > pivot).order_by(messages.c.seq)
-            else:
-                query = query.where(messages.c.seq < pivot).order_by(messages.c.seq.desc())
-            rows = conn.execute(query.limit(limit + 1)).all()
+            query = _MSGS_AFTER if direction == "a" else _MSGS_BEFORE
+            rows = conn.execute(query, {**key, "pivot": pivot, "lim": limit + 1}).all()
+            if not rows:  # an empty page: of an empty conversation, or of none at all?
+                self._require_conversation(conn, conv_id)
             more = len(rows) > limit
             rows = rows[:limit]
             if direction == "b":
@@ -290,7 +338,7 @@ class ConversationStore:
             items = self._with_content(conn, rows)
         next_cursor = None
         if more and rows:
-            edge = rows[-1].seq if direction == "a" else rows[0].seq
+            edge = items[-1].seq if direction == "a" else items[0].seq
             next_cursor = encode_cursor([direction, edge])
         return Page(items=items, next_cursor=next_cursor)
 
@@ -333,10 +381,8 @@ class ConversationStore:
                 if seq <= last:
                     stored = next((c["text"] for c in new if c["seq"] == seq), None)
                     if stored is None:
-                        stored = conn.execute(sa.select(message_chunks.c.text).where(
-                            message_chunks.c.owner_id == self._owner,
-                            message_chunks.c.message_id == message_id,
-                            message_chunks.c.seq == seq)).scalar_one()
+                        stored = conn.execute(_CHUNK_TEXT_AT, {**self._msg_key(message_id),
+                                                               "seq": seq}).scalar_one()
                     if stored != text:
                         raise Conflict(f"chunk {seq} is already stored with other text")
                 elif seq == last + 1:
@@ -347,11 +393,9 @@ class ConversationStore:
                     raise Conflict(f"chunk {seq} would leave a gap after chunk {last}")
             if new:
                 conn.execute(message_chunks.insert(), new)
-            conn.execute(messages.update().where(messages.c.owner_id == self._owner,
-                                                 messages.c.id == message_id)
-                         .values(last_chunk_seq=last, writer=self._vault.writer_id,
-                                 lease_expires_at=now + timedelta(
-                                     seconds=self._vault.settings.stream_lease_s)))
+            lease = now + timedelta(seconds=self._vault.settings.stream_lease_s)
+            conn.execute(_MSG_AFTER_CHUNKS, {**self._msg_key(message_id), "b_last": last,
+                                             "b_writer": self._vault.writer_id, "b_lease": lease})
         for chunk in new:
             self._vault.hub.publish(message_id, {"type": "chunk", "seq": chunk["seq"],
                                                  "text": chunk["text"]})
@@ -364,21 +408,16 @@ class ConversationStore:
         The status is read first, so when it is final the chunks are all there is.
         """
         with self._db.read() as conn:
-            status = conn.execute(sa.select(messages.c.status).where(
-                messages.c.owner_id == self._owner, messages.c.id == message_id)
-            ).scalar_one_or_none()
+            key = self._msg_key(message_id)
+            status = conn.execute(_MSG_STATUS, key).scalar_one_or_none()
             if status is None:
                 raise NotFound(f"message {message_id!r} not found")
-            query = (sa.select(message_chunks.c.seq, message_chunks.c.text,
-                               message_chunks.c.created_at)
-                     .where(message_chunks.c.owner_id == self._owner,
-                            message_chunks.c.message_id == message_id,
-                            message_chunks.c.seq > after_seq)
-                     .order_by(message_chunks.c.seq))
-            if limit is not None:
-                query = query.limit(limit)
-            rows = conn.execute(query).all()
-        return [Chunk(seq=r.seq, text=r.text, created_at=r.created_at) for r in rows], status
+            if limit is None:
+                rows = conn.execute(_CHUNKS_AFTER, {**key, "after": after_seq}).all()
+            else:
+                rows = conn.execute(_CHUNKS_AFTER_LIMIT, {**key, "after": after_seq,
+                                                          "lim": limit}).all()
+        return [Chunk(seq=seq, text=text, created_at=at) for seq, text, at in rows], status
 
     def complete(self, message_id: str, status: str = "complete",
                  content: str | None = None) -> Message:
@@ -399,13 +438,9 @@ class ConversationStore:
             if row.status != "streaming":
                 raise Conflict(f"message is already {row.status}")
             text = content if content is not None else self._chunk_text(conn, message_id)
-            conn.execute(messages.update().where(messages.c.owner_id == self._owner,
-                                                 messages.c.id == message_id)
-                         .values(status=status, content=text, completed_at=now, writer=None,
-                                 lease_expires_at=None))
-            conn.execute(conversations.update()
-                         .where(self._conv_where(row.conversation_id))
-                         .values(updated_at=now, last_message_at=now))
+            conn.execute(_MSG_FINISH, {**self._msg_key(message_id), "b_status": status,
+                                       "b_content": text, "b_now": now})
+            conn.execute(_CONV_TOUCH, {**self._conv_key(row.conversation_id), "b_now": now})
         self._vault.hub.publish(message_id, {"type": "done", "status": status})
         return self.get_message(message_id)
 
@@ -421,4 +456,4 @@ class ConversationStore:
     def count(self) -> int:
         with self._db.read() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(conversations)
-                                    .where(conversations.c.owner_id == self._owner)).scalar_one())
+                                    .where(_C.owner_id == self._owner)).scalar_one())

@@ -12,12 +12,13 @@ chunk the caller has seen persisted survives ``kill -9``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -69,18 +70,26 @@ def _writer_gone(writer: str | None, host: str) -> bool:
     return int(pid) != os.getpid() and not _pid_alive(int(pid))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Pending:
     owner: str
     message_id: str
     seq: int
     text: str
-    done: threading.Event = field(default_factory=threading.Event)
+    done: bool = False
     error: BaseException | None = None
 
 
 class ChunkWriter:
-    """One per vault: commits queued chunks of all streams in groups."""
+    """One per vault: commits the queued chunks of all streams in groups.
+
+    Group commit without a hand-off: a thread that needs its chunk durable takes
+    the leader's role if no commit is running and commits everything queued (its
+    own and other streams' chunks) in its own thread; otherwise it waits for the
+    running commit and tries again. One stream pays one transaction per chunk
+    with no thread switch; many streams share each commit (and its fsync).
+    A housekeeping thread persists buffers that went stale and renews leases.
+    """
 
     def __init__(self, vault: Vault) -> None:
         self._vault = vault
@@ -89,10 +98,20 @@ class ChunkWriter:
         self._interval = vault.settings.persist_interval_ms / 1000
         self._cv = threading.Condition()
         self._queue: list[_Pending] = []
+        self._committing = False
         self._replies: dict[str, Reply] = {}
         self._closed = False
         self._thread: threading.Thread | None = None
         self._last_renew = time.monotonic()
+        backend = self._db.backend
+        mark = backend.placeholder
+        self._timestamp = backend.timestamp_param
+        self._insert_sql = (
+            f"INSERT INTO {message_chunks.name} (owner_id, message_id, seq, text, created_at) "
+            f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark})")
+        self._update_sql = (
+            f"UPDATE {messages.name} SET last_chunk_seq = {mark}, lease_expires_at = {mark} "
+            f"WHERE owner_id = {mark} AND id = {mark}")
 
     # -- called by replies ---------------------------------------------------
 
@@ -106,50 +125,51 @@ class ChunkWriter:
             self._replies.pop(reply.message_id, None)
 
     def submit(self, owner: str, message_id: str, seq: int, text: str) -> _Pending:
+        """Queue a chunk; ``wait`` makes it durable."""
         item = _Pending(owner, message_id, seq, text)
         with self._cv:
             if self._closed:
                 raise MemvaultError("the vault is closed")
             self._queue.append(item)
-            self._start()
-            self._cv.notify()
         return item
+
+    def wait(self, items: list[_Pending]) -> None:
+        """Return once every item is committed; raise the first item's error."""
+        for item in items:
+            while not item.done:
+                with self._cv:
+                    if item.done:
+                        break
+                    if self._committing:
+                        self._cv.wait()
+                        continue
+                    self._committing = True
+                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                try:
+                    self._commit(batch)
+                finally:
+                    with self._cv:
+                        self._committing = False
+                        self._cv.notify_all()
+            if item.error is not None:
+                raise item.error
 
     def active(self) -> list[Reply]:
         with self._cv:
             return list(self._replies.values())
 
-    # -- the writer thread ---------------------------------------------------
-
-    def _start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="memvault-chunk-writer",
-                                            daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                if not self._queue and not self._closed:
-                    self._cv.wait(self._interval / 2)
-                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                closed = self._closed
-            if batch:
-                self._commit(batch)
-            elif closed:
-                return
-            self._housekeeping()
+    # -- committing ----------------------------------------------------------
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
             self._write(batch)
         except BaseException as exc:  # noqa: BLE001 - isolate the failing stream
-            if len({p.message_id for p in batch}) == 1:
+            groups: dict[str, list[_Pending]] = {}
+            for p in batch:
+                groups.setdefault(p.message_id, []).append(p)
+            if len(groups) == 1:
                 self._fail(batch, exc)
             else:
-                groups: dict[str, list[_Pending]] = {}
-                for p in batch:
-                    groups.setdefault(p.message_id, []).append(p)
                 for group in groups.values():
                     try:
                         self._write(group)
@@ -157,8 +177,8 @@ class ChunkWriter:
                         self._fail(group, err)
         hub = self._vault.hub
         for p in batch:
+            p.done = True
             if p.error is None:
-                p.done.set()
                 hub.publish(p.message_id, {"type": "chunk", "seq": p.seq, "text": p.text})
 
     def _fail(self, items: list[_Pending], exc: BaseException) -> None:
@@ -166,24 +186,40 @@ class ChunkWriter:
             exc = NotFound("the message was deleted while it streamed")
         for p in items:
             p.error = exc
-            p.done.set()
 
     def _write(self, items: list[_Pending]) -> None:
+        # Plain driver executemany: SQLAlchemy's per-row parameter processing
+        # cost more than the insert itself at a hundred streams.
         now = utcnow()
-        lease = now + self._lease
+        created = self._timestamp(now)
+        lease = self._timestamp(now + self._lease)
         last: dict[tuple[str, str], int] = {}
         for p in items:
             last[(p.owner, p.message_id)] = p.seq
         with self._db.write() as conn:
-            conn.execute(message_chunks.insert(), [
-                {"owner_id": p.owner, "message_id": p.message_id, "seq": p.seq,
-                 "text": p.text, "created_at": now} for p in items])
-            conn.execute(
-                messages.update()
-                .where(messages.c.owner_id == sa.bindparam("b_owner"),
-                       messages.c.id == sa.bindparam("b_id"))
-                .values(last_chunk_seq=sa.bindparam("b_seq"), lease_expires_at=lease),
-                [{"b_owner": o, "b_id": m, "b_seq": s} for (o, m), s in last.items()])
+            conn.exec_driver_sql(self._insert_sql, [
+                (p.owner, p.message_id, p.seq, p.text, created) for p in items])
+            conn.exec_driver_sql(self._update_sql, [
+                (seq, lease, owner, mid) for (owner, mid), seq in last.items()])
+
+    # -- the housekeeping thread ---------------------------------------------
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="memvault-stream-keeper",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                if self._closed:
+                    return
+                self._cv.wait(self._interval / 2)
+            try:
+                self._housekeeping()
+            except MemvaultError:
+                log.warning("stream housekeeping failed; will retry", exc_info=True)
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -212,11 +248,14 @@ class ChunkWriter:
 
     def close(self) -> None:
         with self._cv:
+            pending = list(self._queue)
             self._closed = True
-            self._cv.notify()
+            self._cv.notify_all()
             thread = self._thread
         if thread is not None:
             thread.join()
+        with contextlib.suppress(MemvaultError):
+            self.wait(pending)
 
 
 class Reply:
@@ -253,7 +292,7 @@ class Reply:
     def persisted_seq(self) -> int:
         """The highest chunk seq known to be durable."""
         with self._lock:
-            return self._seq - len([p for p in self._pending if not p.done.is_set()])
+            return self._seq - len([p for p in self._pending if not p.done])
 
     def write(self, delta: str) -> None:
         """Add one delta; persists (durably, before returning) when a chunk is due."""
@@ -281,7 +320,7 @@ class Reply:
             if self._bundle:
                 self._publish_bundle()
             wait = self._persist_locked()
-            wait += [p for p in self._pending if not p.done.is_set()]
+            wait += [p for p in self._pending if not p.done]
         self._wait(wait)
 
     def _publish_bundle(self) -> None:
@@ -289,6 +328,9 @@ class Reply:
         self._bundle = []
 
     def _persist_locked(self) -> list[_Pending]:
+        for p in self._pending:
+            if p.error is not None:  # an earlier chunk failed: never write past a gap
+                raise p.error
         self._last_persist = time.monotonic()
         if not self._unpersisted:
             return []
@@ -299,26 +341,29 @@ class Reply:
             self._seq += 1
             out.append(self._writer.submit(self.owner_id, self.message_id, self._seq,
                                            text[start:start + self._max_chunk]))
-        self._pending = [p for p in self._pending if not p.done.is_set()] + out
+        self._pending = [p for p in self._pending if not p.done or p.error] + out
         return out
 
     def _flush_if_stale(self, now: float) -> None:
-        """Called by the writer thread: persist a buffer older than the interval
-        without waiting (the writer thread itself will commit it)."""
+        """Called by the housekeeping thread: persist a buffer older than the
+        interval. A writer busy in ``write`` is left alone (it persists itself)."""
         if not self._unpersisted or now - self._last_persist < self._interval:
             return
+        items: list[_Pending] = []
         if self._lock.acquire(blocking=False):
             try:
                 if not self._closed:
-                    self._persist_locked()
+                    items = self._persist_locked()
             finally:
                 self._lock.release()
+        if items:
+            # An error stays on the item; the stream's next write or flush raises it.
+            with contextlib.suppress(MemvaultError):
+                self._writer.wait(items)
 
     def _wait(self, items: list[_Pending]) -> None:
-        for p in items:
-            p.done.wait()
-            if p.error is not None:
-                raise p.error
+        if items:
+            self._writer.wait(items)
 
     def finish(self, status: str = "complete") -> Message:
         """Persist the rest and end the message (``complete`` or ``failed``)."""
