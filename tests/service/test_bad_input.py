@@ -109,3 +109,20 @@ def test_oversized_upload_is_413_and_leaves_nothing(tmp_path: Path, settings: Se
 def test_internal_errors_do_not_leak(client: TestClient) -> None:
     r = client.get("/api/entities", headers={"Authorization": "Basic abc"})
     assert r.status_code == 401 and "Traceback" not in r.text
+
+
+def test_text_no_backend_can_store_is_422_everywhere(client: TestClient,
+                                                     auth: dict[str, str]) -> None:
+    before = _counts(client)
+    assert client.post("/api/entities", headers=auth,
+                       json={"entity_name": "a\u0000b"}).status_code == 422
+    lone_surrogate = b'{"entity_name": "ok", "description": "\\ud800"}'
+    assert client.post("/api/entities", content=lone_surrogate,
+                       headers={**auth, "content-type": "application/json"}).status_code == 422
+    assert client.post("/api/conversations", headers=auth,
+                       json={"title": "x\u0000"}).status_code == 422
+    assert _counts(client) == before
+    cid = client.post("/api/conversations", headers=auth, json={}).json()["id"]
+    r = client.patch(f"/api/conversations/{cid}", headers=auth, json={"title": "\u0000"})
+    assert r.status_code == 422
+    assert client.get(f"/api/conversations/{cid}", headers=auth).json()["title"] is None

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from ..errors import Conflict, Unavailable
+from ..errors import Conflict, Invalid, Unavailable
 
 __all__ = ["Backend", "Database"]
 
@@ -109,6 +109,9 @@ class Database:
                 conn.commit()
         except sa_exc.IntegrityError as exc:
             raise Conflict(f"constraint violated: {exc.orig}") from exc
+        except sa_exc.DataError as exc:
+            # e.g. a NUL character, which PostgreSQL text and jsonb cannot hold
+            raise Invalid(f"a value cannot be stored: {exc.orig}") from exc
         except sa_exc.OperationalError as exc:
             raise Unavailable(f"database unavailable: {exc.orig}") from exc
 

@@ -23,6 +23,7 @@ from ..ids import decode_cursor, encode_cursor, new_id, utcnow
 from ..live import Listener
 from ..models import Chunk, Conversation, Message, MessageStatus, Page, Role
 from ._paging import DEFAULT_LIMIT, check_limit, keyset_page
+from ._text import check_text
 from .entities import UNSET
 
 if TYPE_CHECKING:
@@ -113,18 +114,6 @@ def _message(row: Any, content: str | None = None) -> Message:
                    completed_at=completed)
 
 
-def check_text(value: str, field: str) -> str:
-    """Refuse what is not storable text on every backend: NUL (PostgreSQL text
-    cannot hold it) and unpaired surrogates (not encodable as UTF-8)."""
-    if "\x00" in value:
-        raise Invalid(f"{field} must not contain NUL characters", field=field)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Invalid(f"{field} must not contain unpaired surrogates", field=field) from None
-    return value
-
-
 def check_role(role: str) -> str:
     if role not in ROLES:
         raise Invalid(f"role must be one of {', '.join(ROLES)}", field="role")
@@ -154,6 +143,8 @@ class ConversationStore:
         """Start a conversation, optionally inside an entity (which must exist)."""
         if entity_id is not None:
             self._scope.entities.get(entity_id)
+        if title is not None:
+            check_text(title, "title")
         now = utcnow()
         row = {"owner_id": self._owner, "id": new_id(), "entity_id": entity_id, "title": title,
                "participants": list(participants or []), "metadata": metadata or {},
@@ -191,7 +182,7 @@ class ConversationStore:
                ) -> Conversation:
         values: dict[str, Any] = {}
         if title is not UNSET:
-            values["title"] = title
+            values["title"] = title if title is None else check_text(title, "title")
         if participants is not UNSET:
             values["participants"] = list(participants or [])
         if metadata is not UNSET:

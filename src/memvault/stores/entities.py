@@ -13,6 +13,7 @@ from ..errors import Conflict, Invalid, NotFound
 from ..ids import new_id, utcnow
 from ..models import Entity, Page
 from ._paging import DEFAULT_LIMIT, keyset_page
+from ._text import check_text
 
 if TYPE_CHECKING:
     from ..scope import Scope
@@ -82,6 +83,9 @@ class EntityStore:
         """
         if not entity_name or not entity_name.strip():
             raise Invalid("entity_name must not be empty", field="entity_name")
+        check_text(entity_name, "entity_name")
+        if description is not None:
+            check_text(description, "description")
         entity_id = check_entity_id(entity_id) if entity_id is not None else new_id()
         now = utcnow()
         row = {"owner_id": self._owner, "entity_id": entity_id, "row_id": new_id(),
@@ -119,9 +123,10 @@ class EntityStore:
         if entity_name is not UNSET:
             if not entity_name or not entity_name.strip():
                 raise Invalid("entity_name must not be empty", field="entity_name")
-            values["name"] = entity_name
+            values["name"] = check_text(entity_name, "entity_name")
         if description is not UNSET:
-            values["description"] = description
+            values["description"] = description if description is None else check_text(
+                description, "description")
         if metadata is not UNSET:
             values["metadata"] = metadata or {}
         statement = _update_statement(tuple(f for f in _UPDATE_FIELDS if f in values))

@@ -31,7 +31,7 @@ from ..backends.schema import conversations, message_chunks, messages
 from ..errors import Conflict, MemvaultError, NotFound
 from ..ids import utcnow
 from ..models import Message
-from .conversations import check_text
+from ._text import check_text
 
 if TYPE_CHECKING:
     from ..vault import Vault

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from ...errors import Invalid
 from ...models import Conversation, Message, Page
-from ...stores.conversations import check_text
+from ...stores._text import check_text
 from ..deps import DEFAULT, Cursor, Limit, UserScope
 from ..schemas import ConversationIn, ConversationPatch, MessageIn
 
