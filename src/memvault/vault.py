@@ -16,7 +16,7 @@ from .backends.base import Backend, Database
 from .backends.migrate import upgrade
 from .backends.schema import conversations, documents, entities, message_chunks, messages, users
 from .blobs import BlobStore
-from .errors import MemvaultError, Unavailable
+from .errors import ConfigError, MemvaultError, Unavailable
 from .live import LocalHub
 from .scope import Scope
 from .settings import Settings, load_settings
@@ -86,6 +86,14 @@ class Vault:
     @property
     def backend(self) -> str:
         return self.db.backend.name
+
+    def require_vector(self, feature: str) -> None:
+        """Refuse, with a clear message, a feature that needs pgvector on a
+        PostgreSQL server without it (SQLite keeps vectors itself)."""
+        if self.backend == "postgresql" and not self.facts.get("pgvector"):
+            raise ConfigError(f"{feature} needs the PostgreSQL 'vector' extension (pgvector), "
+                              "which this server does not offer; install pgvector or use "
+                              "the embedded SQLite backend")
 
     def for_user(self, user_id: str) -> Scope:
         """The owner-scoped stores: ``.entities``, ``.files``, ``.conversations``."""

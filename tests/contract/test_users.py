@@ -78,3 +78,22 @@ def test_expired_tokens_are_refused(vault: Vault) -> None:
         conn.execute(auth_tokens.update().values(expires_at=utcnow() - timedelta(seconds=1)))
     with pytest.raises(Unauthorized):
         vault.users.authenticate(token)
+
+
+def test_vector_extension_is_enabled_when_offered(vault: Vault) -> None:
+    import sqlalchemy as sa
+
+    from memvault import ConfigError
+
+    if vault.backend == "sqlite":  # keeps vectors itself: nothing to require
+        vault.require_vector("retrieval")
+        return
+    with vault.db.read() as conn:
+        offered = conn.execute(sa.text(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'")).first() is not None
+    assert vault.facts["pgvector"] is offered
+    if offered:
+        vault.require_vector("retrieval")
+    else:
+        with pytest.raises(ConfigError, match="pgvector"):
+            vault.require_vector("retrieval")
