@@ -99,3 +99,20 @@ def login(client: httpx.Client, email: str, password: str = "password-1") -> dic
     r = client.post("/api/auth/login", json={"email": email, "password": password})
     r.raise_for_status()
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def all_pages(c: httpx.Client, url: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """Every item of a listing, following ``next_cursor`` (200 a page)."""
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 200}
+        if cursor:
+            params["cursor"] = cursor
+        r = c.get(url, params=params, headers=headers)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return items

@@ -24,29 +24,12 @@ import httpx
 import memvault
 from memvault import Settings
 
-from .server import Server, login
+from .server import Server, all_pages, login
 
 SLOW = bool(os.environ.get("MEMVAULT_SLOW"))
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-def all_pages(c: httpx.Client, url: str, headers: dict[str, str]) -> list[dict[str, Any]]:
-    """Every item of a listing, following ``next_cursor`` (200 a page)."""
-    items: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 200}
-        if cursor:
-            params["cursor"] = cursor
-        r = c.get(url, params=params, headers=headers)
-        assert r.status_code == 200, r.text
-        page = r.json()
-        items += page["items"]
-        cursor = page["next_cursor"]
-        if not cursor:
-            return items
-
 
 def upload(c: httpx.Client, h: dict[str, str], entity_id: str,
            *files: tuple[str, bytes, str]) -> httpx.Response:

@@ -23,27 +23,12 @@ import memvault
 from memvault import Settings
 
 from ..conftest import server_env
-from .server import Server, login
+from .server import Server, all_pages, login
 
 CLIENTS = 50
 USERS = 10  # clients share users five by five: concurrent writes under one owner too
 ENTITIES_PER_CLIENT = 4
 PASSWORD = "password-1"
-
-
-def all_pages(c: httpx.Client, url: str, headers: dict[str, str]) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 200}
-        if cursor:
-            params["cursor"] = cursor
-        r = c.get(url, params=params, headers=headers)
-        assert r.status_code == 200, r.text
-        items += r.json()["items"]
-        cursor = r.json()["next_cursor"]
-        if not cursor:
-            return items
 
 
 class Load:
