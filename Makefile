@@ -20,6 +20,7 @@ slow: install
 
 lint: install
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src/memvault
 
 bench: install
 	$(BIN)/python bench/run.py

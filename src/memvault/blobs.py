@@ -125,7 +125,7 @@ class BlobStore:
 def _blocks(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
     read = getattr(source, "read", None)
     if read is None:
-        yield from source  # type: ignore[misc]
+        yield from source
         return
     while block := read(_READ):
         yield block

@@ -76,6 +76,9 @@ def test_message_pages(convs: ConversationStore) -> None:
     assert [m.id for m in back.items] == ids[7:10]
     further = convs.messages(c.id, limit=3, cursor=back.next_cursor)
     assert [m.id for m in further.items] == ids[4:7]
+    # A position (the message's seq in the conversation) works as well as an id.
+    assert [m.id for m in convs.messages(c.id, limit=3, after="5").items] == ids[5:8]
+    assert [m.id for m in convs.messages(c.id, limit=2, before="3").items] == ids[0:2]
     with pytest.raises(NotFound):
         convs.messages(c.id, after="no-such-message")
     with pytest.raises(Invalid):

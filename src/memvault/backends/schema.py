@@ -50,7 +50,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
     def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
         if dialect.name == "sqlite":
-            return dialect.type_descriptor(_SQLiteUTC())
+            return dialect.type_descriptor(_SQLiteUTC())  # type: ignore[no-untyped-call]
         return dialect.type_descriptor(sa.DateTime(timezone=True))
 
     def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:

@@ -9,6 +9,7 @@ conflict. Library streams go through ``stream()`` (see ``streaming.py``).
 
 from __future__ import annotations
 
+import builtins
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
@@ -92,7 +93,7 @@ _CHUNK_TEXTS_OF_MANY = (sa.select(_K.message_id, _K.text)
 
 @functools.cache
 def _conv_update_statement(fields: tuple[str, ...]) -> sa.Update:
-    values = {f: _bp(f"v_{f}") for f in fields}
+    values: dict[str, Any] = {f: _bp(f"v_{f}") for f in fields}
     return (conversations.update().where(_CONV_KEY)
             .values(updated_at=_bp("v_updated_at"), **values).returning(*_CONV_COLS))
 
@@ -146,16 +147,16 @@ class ConversationStore:
         if title is not None:
             check_text(title, "title")
         now = utcnow()
-        row = {"owner_id": self._owner, "id": new_id(), "entity_id": entity_id, "title": title,
-               "participants": list(participants or []), "metadata": metadata or {},
-               "created_at": now, "updated_at": now, "message_count": 0,
-               "last_message_at": None}
+        conv = Conversation(id=new_id(), entity_id=entity_id, title=title,
+                            participants=[*(participants or [])], metadata=metadata or {},
+                            created_at=now, updated_at=now)
+        row = {"owner_id": self._owner, **conv.model_dump(exclude={"messages"})}
         try:
             with self._db.write() as conn:
                 conn.execute(conversations.insert(), row)
         except Conflict:  # the entity went between our check and the insert
             raise NotFound(f"entity {entity_id!r} not found") from None
-        return Conversation(**{k: v for k, v in row.items() if k != "owner_id"})
+        return conv
 
     def get(self, conv_id: str, include_messages: bool = False) -> Conversation:
         with self._db.read() as conn:
@@ -268,7 +269,7 @@ class ConversationStore:
     def _chunk_text(self, conn: Connection, message_id: str) -> str:
         return "".join(conn.execute(_CHUNK_TEXTS, self._msg_key(message_id)).scalars())
 
-    def _with_content(self, conn: Connection, rows: Sequence[Any]) -> list[Message]:
+    def _with_content(self, conn: Connection, rows: Sequence[Any]) -> builtins.list[Message]:
         """Messages, with text rebuilt from chunks for those still streaming."""
         live = [r[_ID] for r in rows if r[_STATUS] == "streaming"]
         if not live:
@@ -313,17 +314,23 @@ class ConversationStore:
             elif before is not None or after is not None:
                 ref = before if before is not None else after
                 field = "before" if before is not None else "after"
-                pivot = conn.execute(_MSG_SEQ_OF, {**key, "message_id": ref}).scalar_one_or_none()
-                if pivot is None:
-                    self._require_conversation(conn, conv_id)
-                    raise NotFound(f"message {ref!r} not found in this conversation")
+                assert ref is not None
+                if ref.isdigit():  # a position (message seq) rather than a message id
+                    pivot = int(ref)
+                else:
+                    found = conn.execute(_MSG_SEQ_OF, {**key, "message_id": ref}
+                                         ).scalar_one_or_none()
+                    if found is None:
+                        self._require_conversation(conn, conv_id)
+                        raise NotFound(f"message {ref!r} not found in this conversation")
+                    pivot = int(found)
                 direction = "b" if field == "before" else "a"
             query = _MSGS_AFTER if direction == "a" else _MSGS_BEFORE
             rows = conn.execute(query, {**key, "pivot": pivot, "lim": limit + 1}).all()
             if not rows:  # an empty page: of an empty conversation, or of none at all?
                 self._require_conversation(conn, conv_id)
             more = len(rows) > limit
-            rows = rows[:limit]
+            rows = builtins.list(rows[:limit])
             if direction == "b":
                 rows.reverse()
             items = self._with_content(conn, rows)
@@ -390,10 +397,10 @@ class ConversationStore:
         for chunk in new:
             self._vault.hub.publish(message_id, {"type": "chunk", "seq": chunk["seq"],
                                                  "text": chunk["text"]})
-        return last
+        return int(last)
 
     def chunks(self, message_id: str, after_seq: int = 0, limit: int | None = None
-               ) -> tuple[list[Chunk], MessageStatus]:
+               ) -> tuple[builtins.list[Chunk], MessageStatus]:
         """Stored chunks after ``after_seq`` and the message status.
 
         The status is read first, so when it is final the chunks are all there is.

@@ -43,7 +43,7 @@ _UPDATE_FIELDS = ("name", "description", "metadata")
 
 @functools.cache
 def _update_statement(fields: tuple[str, ...]) -> sa.Update:
-    values = {f: sa.bindparam(f"v_{f}") for f in fields}
+    values: dict[str, Any] = {f: sa.bindparam(f"v_{f}") for f in fields}
     return (entities.update().where(_KEY)
             .values(updated_at=sa.bindparam("v_updated_at"), **values).returning(*_COLUMNS))
 
@@ -97,7 +97,7 @@ class EntityStore:
         except Conflict:
             raise Conflict(f"entity {entity_id!r} already exists") from None
         return Entity(entity_id=entity_id, entity_name=entity_name, description=description,
-                      metadata=row["metadata"], created_at=now, updated_at=now)
+                      metadata=metadata or {}, created_at=now, updated_at=now)
 
     def get(self, entity_id: str) -> Entity:
         with self._db.read() as conn:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import mimetypes
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import sqlalchemy as sa
@@ -84,9 +84,10 @@ class FileStore:
         source = [data] if isinstance(data, bytes) else data
         staged = self._blobs.stage(source, limit)
         name = clean_filename(filename)
-        doc = {"owner_id": self._owner, "doc_id": new_id(), "entity_id": entity_id,
-               "filename": name, "content_type": _content_type(content_type, name),
-               "size": staged.size, "sha256": staged.sha256, "created_at": utcnow()}
+        document = Document(doc_id=new_id(), entity_id=entity_id, filename=name,
+                            content_type=_content_type(content_type, name), size=staged.size,
+                            sha256=staged.sha256, created_at=utcnow())
+        doc = {"owner_id": self._owner, **document.model_dump()}
         try:
             with self._db.write() as conn:
                 found = conn.execute(
@@ -103,7 +104,7 @@ class FileStore:
                 self._blobs.publish(staged)
         finally:
             staged.discard()
-        return Document(**{k: v for k, v in doc.items() if k != "owner_id"})
+        return document
 
     def get(self, entity_id: str, doc_id: str) -> Document:
         with self._db.read() as conn:
@@ -147,9 +148,9 @@ class FileStore:
         shas = conn.execute(documents.delete().where(documents.c.owner_id == self._owner,
                                                      documents.c.entity_id == entity_id)
                             .returning(documents.c.sha256)).scalars().all()
-        self._release(conn, list(shas))
+        self._release(conn, shas)
 
-    def _release(self, conn: Connection, shas: list[str]) -> None:
+    def _release(self, conn: Connection, shas: Sequence[str]) -> None:
         for sha in shas:
             left = conn.execute(blobs.update().where(blobs.c.sha256 == sha)
                                 .values(refcount=blobs.c.refcount - 1)

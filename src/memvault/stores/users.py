@@ -70,14 +70,14 @@ class UserStore:
         if len(password) < MIN_PASSWORD:
             raise Invalid(f"password must have at least {MIN_PASSWORD} characters",
                           field="password")
-        row = {"id": new_id(), "email": email, "name": name, "created_at": utcnow(),
-               "password_hash": self._hasher.hash(password)}
+        user = User(id=new_id(), email=email, name=name, created_at=utcnow())
+        row = {**user.model_dump(), "password_hash": self._hasher.hash(password)}
         try:
             with self._db.write() as conn:
                 conn.execute(users.insert(), row)
         except Conflict:
             raise Conflict("a user with this email already exists") from None
-        return User(id=row["id"], email=email, name=name, created_at=row["created_at"])
+        return user
 
     def ensure_local_user(self) -> User:
         """The built-in user every request acts as when auth is disabled."""

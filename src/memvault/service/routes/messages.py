@@ -73,8 +73,11 @@ async def stream_message(
 
     async def events() -> AsyncIterator[str]:
         wake = asyncio.Event()
-        unsubscribe = hub.subscribe(message_id,
-                                    lambda _e: loop.call_soon_threadsafe(wake.set))
+
+        def poke(_event: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(wake.set)
+
+        unsubscribe = hub.subscribe(message_id, poke)
         last = start
         idle = 0.0
         try:
