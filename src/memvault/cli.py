@@ -44,6 +44,9 @@ def serve(
     # Workers are separate processes that read their settings from the environment.
     os.environ["MEMVAULT_HOST"] = settings.host
     os.environ["MEMVAULT_PORT"] = str(settings.port)
+    from .logs import configure_logging
+
+    configure_logging(settings)
     try:  # fail here, with one line, rather than in every worker
         from .vault import Vault
         Vault(settings, sweep=False).close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,6 +10,7 @@ import structlog
 from fastapi import FastAPI
 
 from .. import __version__
+from ..errors import MemvaultError
 from ..logs import configure_logging
 from ..settings import Settings, load_settings
 from ..vault import Vault
@@ -19,6 +21,13 @@ from .routes import auth, chat, conversations, entities, files, messages, system
 __all__ = ["create_app"]
 
 log = structlog.get_logger(__name__)
+
+
+def _log_counts(vault: Vault) -> None:
+    try:
+        log.info("record counts", **vault.counts())
+    except MemvaultError:
+        log.warning("could not count records", exc_info=True)
 
 
 def create_app(settings: Settings | None = None, vault: Vault | None = None) -> FastAPI:
@@ -41,7 +50,10 @@ def create_app(settings: Settings | None = None, vault: Vault | None = None) -> 
         if own:
             log.info("memvault started", backend=v.backend, database=v.describe(),
                      data_dir=str(settings.data_dir.resolve()), auth=settings.auth,
-                     durability=settings.durability, counts=v.counts())
+                     durability=settings.durability)
+            # Counting is O(rows): done beside start-up so that it does not grow with the data.
+            threading.Thread(target=_log_counts, args=(v,), name="memvault-counts",
+                             daemon=True).start()
         try:
             yield
         finally:
