@@ -26,8 +26,6 @@ class Backend:
     """Capability flags and hooks of one database kind."""
 
     name: str = "abstract"
-    #: True when several processes share one local file (SQLite).
-    local_file: bool = False
     #: Execution options of read connections (PostgreSQL reads in autocommit:
     #: no BEGIN/ROLLBACK round trips around a single SELECT).
     read_options: dict[str, Any] = {}
@@ -46,10 +44,6 @@ class Backend:
     def upsert(self, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str],
                set_: Mapping[str, Any]) -> sa.Executable:
         """``INSERT … ON CONFLICT (keys) DO UPDATE SET set_``."""
-        raise NotImplementedError
-
-    def insert_ignore(self, table: sa.Table) -> Any:
-        """``INSERT … ON CONFLICT DO NOTHING`` for executemany."""
         raise NotImplementedError
 
     @contextlib.contextmanager

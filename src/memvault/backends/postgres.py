@@ -62,9 +62,6 @@ class PostgresBackend(Backend):
         stmt = pg_insert(table).values(**values)
         return stmt.on_conflict_do_update(index_elements=list(keys), set_=dict(set_))
 
-    def insert_ignore(self, table: sa.Table) -> Any:
-        return pg_insert(table).on_conflict_do_nothing()
-
     @contextlib.contextmanager
     def migration_lock(self, engine: Engine) -> Iterator[None]:
         with engine.connect() as conn:
@@ -94,6 +91,3 @@ class PostgresBackend(Backend):
     def integrity_check(self, conn: Connection) -> list[str]:
         conn.execute(sa.text("SELECT 1"))
         return []
-
-    def is_busy(self, error: BaseException) -> bool:
-        return False

@@ -45,7 +45,6 @@ def _json_loads(text: str) -> Any:
 
 class SQLiteBackend(Backend):
     name = "sqlite"
-    local_file = True
 
     def __init__(self, path: Path, durability: str) -> None:
         self.path = path
@@ -105,9 +104,6 @@ class SQLiteBackend(Backend):
                set_: Mapping[str, Any]) -> sa.Executable:
         stmt = sqlite_insert(table).values(**values)
         return stmt.on_conflict_do_update(index_elements=list(keys), set_=dict(set_))
-
-    def insert_ignore(self, table: sa.Table) -> Any:
-        return sqlite_insert(table).on_conflict_do_nothing()
 
     @contextlib.contextmanager
     def migration_lock(self, engine: Engine) -> Iterator[None]:
