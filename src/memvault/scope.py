@@ -4,31 +4,30 @@ that owner's records, whichever interface calls in."""
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING
 
+from .stores._context import StoreContext
 from .stores.conversations import ConversationStore
 from .stores.entities import EntityStore
 from .stores.files import FileStore
-
-if TYPE_CHECKING:
-    from .vault import Vault
 
 __all__ = ["Scope"]
 
 
 class Scope:
-    def __init__(self, vault: Vault, owner_id: str) -> None:
-        self.vault = vault
+    """Assembles one owner's stores from the vault's store context."""
+
+    def __init__(self, ctx: StoreContext, owner_id: str) -> None:
+        self.ctx = ctx
         self.owner_id = owner_id
 
     @cached_property
     def entities(self) -> EntityStore:
-        return EntityStore(self)
+        return EntityStore(self.ctx, self.owner_id)
 
     @cached_property
     def files(self) -> FileStore:
-        return FileStore(self)
+        return FileStore(self.ctx, self.owner_id)
 
     @cached_property
     def conversations(self) -> ConversationStore:
-        return ConversationStore(self)
+        return ConversationStore(self.ctx, self.owner_id)

@@ -20,6 +20,7 @@ from .errors import ConfigError, MemvaultError, Unavailable
 from .live import LocalHub
 from .scope import Scope
 from .settings import Settings, load_settings
+from .stores._context import StoreContext
 from .stores.streaming import (
     ChunkWriter,
     interrupt_message,
@@ -74,7 +75,9 @@ class Vault:
         self.users = UserStore(self.db, settings.token_ttl_hours, settings.password_hash)
         self.hub = LocalHub()
         self.writer_id = writer_identity()
-        self.chunk_writer = ChunkWriter(self)
+        self.chunk_writer = ChunkWriter(self.db, self.hub, settings)
+        self.ctx = StoreContext(db=self.db, blobs=self.blobs, hub=self.hub, settings=settings,
+                                writer_id=self.writer_id, streams=self.chunk_writer)
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         self.sweep(check_dead_writers=True)
@@ -97,7 +100,7 @@ class Vault:
 
     def for_user(self, user_id: str) -> Scope:
         """The owner-scoped stores: ``.entities``, ``.files``, ``.conversations``."""
-        return Scope(self, user_id)
+        return Scope(self.ctx, user_id)
 
     def sweep(self, check_dead_writers: bool = False) -> int:
         """Mark abandoned streaming messages ``interrupted`` now."""

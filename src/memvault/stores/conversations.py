@@ -23,12 +23,12 @@ from ..errors import Conflict, Invalid, NotFound, PayloadTooLarge
 from ..ids import decode_cursor, encode_cursor, new_id, utcnow
 from ..live import Listener
 from ..models import Chunk, Conversation, Message, MessageStatus, Page, Role
+from ._context import StoreContext
 from ._paging import DEFAULT_LIMIT, check_limit, keyset_page
 from ._text import check_text
-from .entities import UNSET
+from .entities import UNSET, EntityStore
 
 if TYPE_CHECKING:
-    from ..scope import Scope
     from .streaming import Reply
 
 __all__ = ["ConversationStore", "MAX_CHUNKS_PER_CALL"]
@@ -124,11 +124,10 @@ def check_role(role: str) -> str:
 class ConversationStore:
     """One owner's conversations. Obtain through ``vault.for_user(uid).conversations``."""
 
-    def __init__(self, scope: Scope) -> None:
-        self._scope = scope
-        self._vault = scope.vault
-        self._db = scope.vault.db
-        self._owner = scope.owner_id
+    def __init__(self, ctx: StoreContext, owner_id: str) -> None:
+        self._ctx = ctx
+        self._db = ctx.db
+        self._owner = owner_id
 
     # -- conversations ------------------------------------------------------
 
@@ -143,7 +142,7 @@ class ConversationStore:
                metadata: dict[str, Any] | None = None) -> Conversation:
         """Start a conversation, optionally inside an entity (which must exist)."""
         if entity_id is not None:
-            self._scope.entities.get(entity_id)
+            EntityStore(self._ctx, self._owner).get(entity_id)
         if title is not None:
             check_text(title, "title")
         now = utcnow()
@@ -214,7 +213,7 @@ class ConversationStore:
             raise Invalid("content must be a string", field="content")
         check_text(content, "content")
         now = utcnow()
-        lease = now + timedelta(seconds=self._vault.settings.stream_lease_s)
+        lease = now + timedelta(seconds=self._ctx.settings.stream_lease_s)
         streaming = status == "streaming"
         with self._db.write() as conn:
             seq = conn.execute(_CONV_BUMP, {**self._conv_key(conv_id), "b_now": now}
@@ -245,7 +244,7 @@ class ConversationStore:
         ``stream_lease_s`` the sweep marks the message ``interrupted``.
         """
         return self._insert_message(conv_id, role, "", author, metadata, "streaming",
-                                    writer=self._vault.writer_id)
+                                    writer=self._ctx.writer_id)
 
     def stream(self, conv_id: str, role: str = "assistant", author: str | None = None,
                metadata: dict[str, Any] | None = None) -> Reply:
@@ -258,7 +257,7 @@ class ConversationStore:
         """
         from .streaming import Reply
         message = self.start_message(conv_id, role, author, metadata)
-        return Reply(self._vault, self._owner, message)
+        return Reply(self._ctx, self._owner, message)
 
     def _message_row(self, conn: Connection, message_id: str, lock: bool = False) -> Any:
         row = conn.execute(_MSG_GET_LOCKED if lock else _MSG_GET, self._msg_key(message_id)).first()
@@ -359,7 +358,7 @@ class ConversationStore:
             raise Invalid("no chunks given", field="chunks")
         if len(items) > MAX_CHUNKS_PER_CALL:
             raise PayloadTooLarge(f"at most {MAX_CHUNKS_PER_CALL} chunks per call")
-        limit = self._vault.settings.max_chunk_chars
+        limit = self._ctx.settings.max_chunk_chars
         for seq, text in items:
             if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
                 raise Invalid("seq must be an integer >= 1", field="seq")
@@ -391,11 +390,11 @@ class ConversationStore:
                     raise Conflict(f"chunk {seq} would leave a gap after chunk {last}")
             if new:
                 conn.execute(message_chunks.insert(), new)
-            lease = now + timedelta(seconds=self._vault.settings.stream_lease_s)
+            lease = now + timedelta(seconds=self._ctx.settings.stream_lease_s)
             conn.execute(_MSG_AFTER_CHUNKS, {**self._msg_key(message_id), "b_last": last,
-                                             "b_writer": self._vault.writer_id, "b_lease": lease})
+                                             "b_writer": self._ctx.writer_id, "b_lease": lease})
         for chunk in new:
-            self._vault.hub.publish(message_id, {"type": "chunk", "seq": chunk["seq"],
+            self._ctx.hub.publish(message_id, {"type": "chunk", "seq": chunk["seq"],
                                                  "text": chunk["text"]})
         return int(last)
 
@@ -439,7 +438,7 @@ class ConversationStore:
             conn.execute(_MSG_FINISH, {**self._msg_key(message_id), "b_status": status,
                                        "b_content": text, "b_now": now})
             conn.execute(_CONV_TOUCH, {**self._conv_key(row.conversation_id), "b_now": now})
-        self._vault.hub.publish(message_id, {"type": "done", "status": status})
+        self._ctx.hub.publish(message_id, {"type": "done", "status": status})
         return self.get_message(message_id)
 
     def subscribe(self, message_id: str, listener: Listener) -> Callable[[], None]:
@@ -449,7 +448,7 @@ class ConversationStore:
         ``{"type": "done", "status"}``. Returns the unsubscribe function.
         """
         self.get_message(message_id)  # only the owner may listen
-        return self._vault.hub.subscribe(message_id, listener)
+        return self._ctx.hub.subscribe(message_id, listener)
 
     def count(self) -> int:
         with self._db.read() as conn:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -12,11 +12,10 @@ from ..backends.schema import entities
 from ..errors import Conflict, Invalid, NotFound
 from ..ids import new_id, utcnow
 from ..models import Entity, Page
+from ._context import StoreContext
 from ._paging import DEFAULT_LIMIT, keyset_page
 from ._text import check_text
-
-if TYPE_CHECKING:
-    from ..scope import Scope
+from .files import release_entity_documents
 
 __all__ = ["EntityStore", "ENTITY_ID_PATTERN", "UNSET"]
 
@@ -65,10 +64,10 @@ def check_entity_id(entity_id: str) -> str:
 class EntityStore:
     """One owner's entities. Obtain through ``vault.for_user(uid).entities``."""
 
-    def __init__(self, scope: Scope) -> None:
-        self._scope = scope
-        self._db = scope.vault.db
-        self._owner = scope.owner_id
+    def __init__(self, ctx: StoreContext, owner_id: str) -> None:
+        self._ctx = ctx
+        self._db = ctx.db
+        self._owner = owner_id
 
     def _key(self, entity_id: str) -> dict[str, str]:
         return {"owner": self._owner, "b_entity_id": entity_id}
@@ -143,7 +142,7 @@ class EntityStore:
         with self._db.write() as conn:
             if conn.execute(_EXISTS, self._key(entity_id)).first() is None:
                 raise NotFound(f"entity {entity_id!r} not found")
-            self._scope.files.release_entity(conn, entity_id)
+            release_entity_documents(self._ctx, conn, self._owner, entity_id)
             # Conversations, their messages and chunks go by ON DELETE CASCADE.
             conn.execute(_DELETE, self._key(entity_id))
 

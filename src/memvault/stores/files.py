@@ -12,7 +12,7 @@ import mimetypes
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -21,12 +21,10 @@ from ..backends.schema import blobs, documents, entities
 from ..errors import NotFound
 from ..ids import new_id, utcnow
 from ..models import Document, Page
+from ._context import StoreContext
 from ._paging import DEFAULT_LIMIT, keyset_page
 
-if TYPE_CHECKING:
-    from ..scope import Scope
-
-__all__ = ["FileStore", "clean_filename"]
+__all__ = ["FileStore", "clean_filename", "release_entity_documents"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;.*)?$")
@@ -60,12 +58,18 @@ def _document(row: Any) -> Document:
 class FileStore:
     """One owner's documents. Obtain through ``vault.for_user(uid).files``."""
 
-    def __init__(self, scope: Scope) -> None:
-        self._scope = scope
-        self._vault = scope.vault
-        self._db = scope.vault.db
-        self._blobs = scope.vault.blobs
-        self._owner = scope.owner_id
+    def __init__(self, ctx: StoreContext, owner_id: str) -> None:
+        self._ctx = ctx
+        self._db = ctx.db
+        self._blobs = ctx.blobs
+        self._owner = owner_id
+
+    def _require_entity(self, entity_id: str) -> None:
+        with self._db.read() as conn:
+            found = conn.execute(sa.select(entities.c.row_id).where(
+                entities.c.owner_id == self._owner, entities.c.entity_id == entity_id)).first()
+        if found is None:
+            raise NotFound(f"entity {entity_id!r} not found")
 
     def _where(self, entity_id: str, doc_id: str) -> sa.ColumnElement[bool]:
         return sa.and_(documents.c.owner_id == self._owner, documents.c.entity_id == entity_id,
@@ -79,8 +83,8 @@ class FileStore:
             NotFound: no such entity for this owner.
             PayloadTooLarge: over ``max_bytes`` (default: the upload limit); nothing is kept.
         """
-        self._scope.entities.get(entity_id)  # 404 before reading a large body
-        limit = max_bytes if max_bytes is not None else self._vault.settings.max_upload_mb << 20
+        self._require_entity(entity_id)  # 404 before reading a large body
+        limit = max_bytes if max_bytes is not None else self._ctx.settings.max_upload_mb << 20
         source = [data] if isinstance(data, bytes) else data
         staged = self._blobs.stage(source, limit)
         name = clean_filename(filename)
@@ -110,7 +114,7 @@ class FileStore:
         with self._db.read() as conn:
             row = conn.execute(sa.select(documents).where(self._where(entity_id, doc_id))).first()
         if row is None:
-            self._scope.entities.get(entity_id)
+            self._require_entity(entity_id)
             raise NotFound(f"document {doc_id!r} not found")
         return _document(row)
 
@@ -126,7 +130,7 @@ class FileStore:
     def list(self, entity_id: str, limit: int = DEFAULT_LIMIT,
              cursor: str | None = None) -> Page[Document]:
         """Newest first."""
-        self._scope.entities.get(entity_id)
+        self._require_entity(entity_id)
         with self._db.read() as conn:
             query = sa.select(documents).where(documents.c.owner_id == self._owner,
                                                documents.c.entity_id == entity_id)
@@ -141,23 +145,26 @@ class FileStore:
             conn.execute(entities.update().where(entities.c.owner_id == self._owner,
                                                  entities.c.entity_id == entity_id)
                          .values(document_count=entities.c.document_count - 1))
-            self._release(conn, [row.sha256])
+            _release(self._ctx, conn, [row.sha256])
 
-    def release_entity(self, conn: Connection, entity_id: str) -> None:
-        """Delete every document of an entity inside the caller's transaction."""
-        shas = conn.execute(documents.delete().where(documents.c.owner_id == self._owner,
-                                                     documents.c.entity_id == entity_id)
-                            .returning(documents.c.sha256)).scalars().all()
-        self._release(conn, shas)
 
-    def _release(self, conn: Connection, shas: Sequence[str]) -> None:
-        for sha in shas:
-            left = conn.execute(blobs.update().where(blobs.c.sha256 == sha)
-                                .values(refcount=blobs.c.refcount - 1)
-                                .returning(blobs.c.refcount)).scalar_one_or_none()
-            if left is not None and left <= 0:
-                conn.execute(blobs.delete().where(blobs.c.sha256 == sha))
-                # Inside the transaction: the write lock (SQLite) or the row lock
-                # (PostgreSQL) keeps a concurrent upload of the same bytes from
-                # publishing between our count and this unlink.
-                self._blobs.remove(sha)
+def release_entity_documents(ctx: StoreContext, conn: Connection, owner_id: str,
+                             entity_id: str) -> None:
+    """Delete every document of an entity inside the caller's transaction."""
+    shas = conn.execute(documents.delete().where(documents.c.owner_id == owner_id,
+                                                 documents.c.entity_id == entity_id)
+                        .returning(documents.c.sha256)).scalars().all()
+    _release(ctx, conn, shas)
+
+
+def _release(ctx: StoreContext, conn: Connection, shas: Sequence[str]) -> None:
+    for sha in shas:
+        left = conn.execute(blobs.update().where(blobs.c.sha256 == sha)
+                            .values(refcount=blobs.c.refcount - 1)
+                            .returning(blobs.c.refcount)).scalar_one_or_none()
+        if left is not None and left <= 0:
+            conn.execute(blobs.delete().where(blobs.c.sha256 == sha))
+            # Inside the transaction: the write lock (SQLite) or the row lock
+            # (PostgreSQL) keeps a concurrent upload of the same bytes from
+            # publishing between our count and this unlink.
+            ctx.blobs.remove(sha)

@@ -31,11 +31,13 @@ from ..backends.base import Database
 from ..backends.schema import conversations, message_chunks, messages
 from ..errors import Conflict, MemvaultError, NotFound
 from ..ids import utcnow
+from ..live import LocalHub
 from ..models import Message
+from ..settings import Settings
 from ._text import check_text
 
 if TYPE_CHECKING:
-    from ..vault import Vault
+    from ._context import StoreContext
 
 __all__ = ["Reply", "ChunkWriter", "sweep_interrupted", "writer_identity"]
 
@@ -111,11 +113,11 @@ class ChunkWriter:
     A housekeeping thread persists buffers that went stale and renews leases.
     """
 
-    def __init__(self, vault: Vault) -> None:
-        self._vault = vault
-        self._db: Database = vault.db
-        self._lease = timedelta(seconds=vault.settings.stream_lease_s)
-        self._interval = vault.settings.persist_interval_ms / 1000
+    def __init__(self, db: Database, hub: LocalHub, settings: Settings) -> None:
+        self._db = db
+        self._hub = hub
+        self._lease = timedelta(seconds=settings.stream_lease_s)
+        self._interval = settings.persist_interval_ms / 1000
         self._cv = threading.Condition()
         self._queue: list[_Pending] = []
         self._committing = False
@@ -202,7 +204,7 @@ class ChunkWriter:
                         self._write(group)
                     except BaseException as err:  # noqa: BLE001
                         self._fail(group, err)
-        hub = self._vault.hub
+        hub = self._hub
         for p in batch:
             p.done = True
             if p.error is None:
@@ -293,10 +295,10 @@ class ChunkWriter:
 class Reply:
     """A streaming assistant message. Use as a context manager (see module doc)."""
 
-    def __init__(self, vault: Vault, owner_id: str, message: Message) -> None:
-        settings = vault.settings
-        self._vault = vault
-        self._writer = vault.chunk_writer
+    def __init__(self, ctx: StoreContext, owner_id: str, message: Message) -> None:
+        settings = ctx.settings
+        self._ctx = ctx
+        self._writer = ctx.streams
         self.owner_id = owner_id
         self.message = message
         self.message_id = message.id
@@ -356,7 +358,7 @@ class Reply:
         self._wait(wait)
 
     def _publish_bundle(self) -> None:
-        self._vault.hub.publish(self.message_id, {"type": "bundle", "text": "".join(self._bundle)})
+        self._ctx.hub.publish(self.message_id, {"type": "bundle", "text": "".join(self._bundle)})
         self._bundle = []
 
     def _persist_locked(self) -> list[_Pending]:
@@ -405,7 +407,8 @@ class Reply:
             with self._lock:
                 self._closed = True
             self._writer.unregister(self)
-        convs = self._vault.for_user(self.owner_id).conversations
+        from .conversations import ConversationStore
+        convs = ConversationStore(self._ctx, self.owner_id)
         self.message = convs.complete(self.message_id, status, content=self.text)
         return self.message
 

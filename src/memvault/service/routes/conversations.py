@@ -60,7 +60,7 @@ def post_message(conv_id: str, body: MessageIn, scope: UserScope) -> Message:
         return convs.append(conv_id, body.role, body.content, body.author, body.metadata)
     if body.content:  # refuse before the message exists, not after
         check_text(body.content, "content")
-        if len(body.content) > scope.vault.settings.max_chunk_chars:
+        if len(body.content) > scope.ctx.settings.max_chunk_chars:
             raise Invalid("content of a streaming message must be sent as chunks",
                           field="content")
     message = convs.start_message(conv_id, body.role, body.author, body.metadata)

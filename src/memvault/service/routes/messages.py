@@ -68,7 +68,6 @@ async def stream_message(
     start = _resume_point(last_event_id, after_seq)
     convs = scope.conversations
     await run_in_threadpool(convs.chunks, message_id, start, 1)  # 404 before streaming
-    hub = scope.vault.hub
     loop = asyncio.get_running_loop()
 
     async def events() -> AsyncIterator[str]:
@@ -77,7 +76,7 @@ async def stream_message(
         def poke(_event: dict[str, Any]) -> None:
             loop.call_soon_threadsafe(wake.set)
 
-        unsubscribe = hub.subscribe(message_id, poke)
+        unsubscribe = convs.subscribe(message_id, poke)
         last = start
         idle = 0.0
         try:

@@ -1,0 +1,37 @@
+"""The narrow context every store is built from.
+
+A store gets this frozen bundle (database, blob store, live hub, stream writer,
+clock and settings) plus the owner id, and nothing else: no store reaches the
+vault or the scope, so a new store is a new module that needs only this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from ..backends.base import Database
+from ..ids import utcnow
+from ..live import LocalHub
+from ..settings import Settings
+
+if TYPE_CHECKING:
+    from ..blobs import BlobStore
+    from .streaming import ChunkWriter
+
+__all__ = ["StoreContext"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreContext:
+    db: Database
+    blobs: BlobStore
+    hub: LocalHub
+    settings: Settings
+    #: This process's identity as a stream writer (``host:pid``).
+    writer_id: str
+    #: The group-commit writer shared by every library stream of the vault.
+    streams: ChunkWriter
+    clock: Callable[[], datetime] = field(default=utcnow)
