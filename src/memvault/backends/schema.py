@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.sqlite import DATETIME as SQLITE_DATETIME
 
-__all__ = ["metadata", "users", "auth_tokens", "entities", "blobs", "documents",
-           "conversations", "messages", "message_chunks", "UTCDateTime", "JSONType"]
+__all__ = ["metadata", "users", "auth_tokens", "auth_failures", "entities", "blobs",
+           "blob_parts", "documents", "conversations", "messages", "message_chunks",
+           "UTCDateTime", "JSONType"]
 
 
 class _SQLiteUTC(SQLITE_DATETIME):
@@ -87,6 +88,16 @@ auth_tokens = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False),
 )
 
+# Failed logins per account and per client address, counted in fixed windows
+# shared by every worker. The key is a sha256 (of "account:<email>" or
+# "address:<ip>"), so the table holds no address in clear.
+auth_failures = sa.Table(
+    "auth_failures", metadata,
+    sa.Column("key_hash", sa.String(64), primary_key=True),
+    sa.Column("window_start", UTCDateTime, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+)
+
 entities = sa.Table(
     "entities", metadata,
     sa.Column("owner_id", ID, primary_key=True),
@@ -109,6 +120,16 @@ blobs = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("refcount", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# The bytes of blobs kept in the database itself (MEMVAULT_BLOB_STORE=database),
+# in pieces so that neither side holds a whole large file in one value.
+blob_parts = sa.Table(
+    "blob_parts", metadata,
+    sa.Column("sha256", sa.String(64), sa.ForeignKey("blobs.sha256", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("part", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
 )
 
 documents = sa.Table(
