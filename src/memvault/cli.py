@@ -60,13 +60,13 @@ def serve(
 @app.command()
 def migrate() -> None:
     """Apply schema migrations now (they also run on every start)."""
+    from .backends import backend_for
     from .backends.base import Database
     from .backends.migrate import upgrade
-    from .vault import _backend
 
     settings = _settings()
-    backend = _backend(settings)
-    db = Database(backend.create_engine(), backend)  # type: ignore[attr-defined]
+    backend = backend_for(settings)
+    db = Database(backend.create_engine(), backend)
     try:
         before, after = upgrade(db)
     except MemvaultError as exc:

@@ -12,11 +12,12 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from .backends.base import Backend, Database
+from .backends import backend_for
+from .backends.base import Database
 from .backends.migrate import upgrade
 from .backends.schema import conversations, documents, entities, message_chunks, messages, users
 from .blobs import BlobStore
-from .errors import ConfigError, MemvaultError, Unavailable
+from .errors import MemvaultError, Unavailable
 from .live import LocalHub
 from .scope import Scope
 from .settings import Settings, load_settings
@@ -44,23 +45,14 @@ def _make_private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
-def _backend(settings: Settings) -> Backend:
-    if settings.backend == "postgresql":
-        from .backends.postgres import PostgresBackend
-        assert settings.database_url
-        return PostgresBackend(settings.database_url, settings.durability)
-    from .backends.sqlite import SQLiteBackend
-    return SQLiteBackend(settings.sqlite_path, settings.durability)
-
-
 class Vault:
     """Everything memvault keeps. Reach a user's records through ``for_user``."""
 
     def __init__(self, settings: Settings, *, sweep: bool = True) -> None:
         self.settings = settings
         _make_private_dir(settings.data_dir)
-        backend = _backend(settings)
-        engine = backend.create_engine()  # type: ignore[attr-defined]
+        backend = backend_for(settings)
+        engine = backend.create_engine()
         self.db = Database(engine, backend)
         try:
             before, after = upgrade(self.db)
@@ -93,10 +85,7 @@ class Vault:
     def require_vector(self, feature: str) -> None:
         """Refuse, with a clear message, a feature that needs pgvector on a
         PostgreSQL server without it (SQLite keeps vectors itself)."""
-        if self.backend == "postgresql" and not self.facts.get("pgvector"):
-            raise ConfigError(f"{feature} needs the PostgreSQL 'vector' extension (pgvector), "
-                              "which this server does not offer; install pgvector or use "
-                              "the embedded SQLite backend")
+        self.db.backend.require_vector(feature)
 
     def for_user(self, user_id: str) -> Scope:
         """The owner-scoped stores: ``.entities``, ``.files``, ``.conversations``."""

@@ -16,6 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
+from ..errors import ConfigError
 from .base import Backend
 
 __all__ = ["PostgresBackend", "normalise_url"]
@@ -35,6 +36,7 @@ class PostgresBackend(Backend):
     name = "postgresql"
     read_options = {"isolation_level": "AUTOCOMMIT"}
     placeholder = "%s"
+    skip_locked = True
 
     def __init__(self, url: str, durability: str) -> None:
         self.url = normalise_url(url)
@@ -56,6 +58,12 @@ class PostgresBackend(Backend):
             dbapi_conn.commit()
 
         return engine
+
+    def require_vector(self, feature: str) -> None:
+        if not self.has_vector:
+            raise ConfigError(f"{feature} needs the PostgreSQL 'vector' extension (pgvector), "
+                              "which this server does not offer; install pgvector or use "
+                              "the embedded SQLite backend")
 
     def upsert(self, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str],
                set_: Mapping[str, Any]) -> sa.Executable:
