@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "load_settings", "revalidate"]
 
 
 def _is_loopback(host: str) -> bool:
@@ -87,12 +87,40 @@ def load_settings(**overrides: object) -> Settings:
     Raises:
         ConfigError: one line naming the first bad setting.
     """
+    _refuse_unknown(overrides)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        err = exc.errors()[0]
-        name = ".".join(str(p) for p in err["loc"])
-        message = str(err["msg"]).removeprefix("Value error, ")
-        if not name:  # a rule across fields names them itself
-            raise ConfigError(f"invalid settings: {message}") from None
-        raise ConfigError(f"invalid setting MEMVAULT_{name.upper()}: {message}") from None
+        raise _config_error(exc) from None
+
+
+def revalidate(settings: Settings, **overrides: object) -> Settings:
+    """``settings`` with ``overrides`` applied and everything validated again
+    (the environment is not read: ``settings`` already says what it means).
+
+    Raises:
+        ConfigError: one line naming the first bad setting.
+    """
+    _refuse_unknown(overrides)
+    values = {name: getattr(settings, name) for name in Settings.model_fields}
+    try:
+        return Settings.model_validate({**values, **overrides})
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+
+
+def _refuse_unknown(overrides: dict[str, object]) -> None:
+    # The environment may hold variables of other versions; a keyword argument
+    # that names no setting is a typo and would otherwise be dropped silently.
+    unknown = sorted(set(overrides) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}")
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    name = ".".join(str(p) for p in err["loc"])
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if not name:  # a rule across fields names them itself
+        return ConfigError(f"invalid settings: {message}")
+    return ConfigError(f"invalid setting MEMVAULT_{name.upper()}: {message}")

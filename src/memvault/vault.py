@@ -20,7 +20,7 @@ from .blobs import BlobStore
 from .errors import MemvaultError, Unavailable
 from .live import LocalHub
 from .scope import Scope
-from .settings import Settings, load_settings
+from .settings import Settings, load_settings, revalidate
 from .stores._context import StoreContext
 from .stores.streaming import (
     ChunkWriter,
@@ -155,7 +155,8 @@ def open(source: str | Path | Settings | None = None, **overrides: Any) -> Vault
         **overrides: any ``Settings`` field.
     """
     if isinstance(source, Settings):
-        settings = source.model_copy(update=overrides) if overrides else source
+        # Re-validated, never model_copy(update=…), which would take any value as given.
+        settings = revalidate(source, **overrides) if overrides else source
     else:
         if isinstance(source, str) and "://" in source:
             overrides.setdefault("database_url", source)

@@ -48,6 +48,31 @@ def test_bad_settings_name_themselves(monkeypatch: pytest.MonkeyPatch, env: dict
     assert name in info.value.detail and "\n" not in info.value.detail
 
 
+@pytest.mark.parametrize("bad", [{"durability": "bogus"}, {"port": 0}, {"auth": "maybe"},
+                                 {"stream_lease_s": -1}, {"no_such_setting": 1}])
+def test_open_validates_overrides_of_given_settings(tmp_path: Path, bad: dict[str, object]
+                                                    ) -> None:
+    """Regression: open(settings, **overrides) used model_copy(update=…), which took
+    ``durability="bogus"`` as given (and the vault silently ran with NORMAL)."""
+    base = memvault.load_settings(data_dir=tmp_path / "d")
+    with pytest.raises(ConfigError) as info:
+        memvault.open(base, **bad)
+    assert "\n" not in info.value.detail
+    assert not (tmp_path / "d").exists()  # refused before anything was created
+
+
+def test_open_applies_valid_overrides(tmp_path: Path) -> None:
+    base = memvault.load_settings(data_dir=tmp_path / "d")
+    with memvault.open(base, durability="normal", stream_lease_s="5") as vault:
+        assert vault.settings.durability == "normal" and vault.settings.stream_lease_s == 5.0
+        assert vault.settings.data_dir == tmp_path / "d"
+
+
+def test_unknown_keyword_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="durabilty"):
+        memvault.open(tmp_path / "d", durabilty="full")
+
+
 def test_auth_disabled_is_fine_on_loopback() -> None:
     assert memvault.load_settings(auth="disabled", host="127.0.0.1").auth == "disabled"
 
