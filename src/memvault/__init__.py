@@ -11,8 +11,10 @@ from .errors import (
     Conflict,
     Invalid,
     MemvaultError,
+    MigrationFailed,
     NotFound,
     PayloadTooLarge,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
 )
@@ -25,6 +27,6 @@ __version__ = "0.1.0"
 __all__ = [
     "open", "Vault", "Settings", "load_settings", "__version__",
     "Page", "User", "Token", "Entity", "Document", "Conversation", "Message", "Chunk",
-    "MemvaultError", "ConfigError", "Invalid", "Unauthorized", "NotFound", "Conflict",
-    "PayloadTooLarge", "Unavailable",
+    "MemvaultError", "ConfigError", "MigrationFailed", "Invalid", "Unauthorized", "NotFound",
+    "Conflict", "PayloadTooLarge", "TooManyRequests", "Unavailable",
 ]

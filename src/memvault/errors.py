@@ -2,13 +2,16 @@
 
     MemvaultError
     ├── ConfigError          (500, config_error)   bad setting; stops start-up
+    │   └── MigrationFailed  (500, migration_failed)  rolled back; names the revision
     ├── Invalid              (422, invalid)        bad input; names the field
     ├── Unauthorized         (401, unauthorized)
     ├── NotFound             (404, not_found)      also for other users' records
     ├── Conflict             (409, conflict)
     ├── PayloadTooLarge      (413, too_large)
+    ├── TooManyRequests      (429, too_many_requests)  e.g. failed logins; has retry_after
     └── Unavailable          (503, unavailable)    database busy or down
 
+Any error may carry ``retry_after`` (seconds), sent as a ``Retry-After`` header.
 Driver errors are translated once, in ``backends``; the service turns any
 ``MemvaultError`` into problem+json and anything else into a bare 500.
 """
@@ -16,8 +19,8 @@ Driver errors are translated once, in ``backends``; the service turns any
 from __future__ import annotations
 
 __all__ = [
-    "MemvaultError", "ConfigError", "Invalid", "Unauthorized", "NotFound",
-    "Conflict", "PayloadTooLarge", "Unavailable",
+    "MemvaultError", "ConfigError", "MigrationFailed", "Invalid", "Unauthorized", "NotFound",
+    "Conflict", "PayloadTooLarge", "TooManyRequests", "Unavailable",
 ]
 
 
@@ -26,14 +29,24 @@ class MemvaultError(Exception):
     code: str = "error"
     title: str = "Internal error"
 
-    def __init__(self, detail: str = "", *, field: str | None = None) -> None:
+    def __init__(self, detail: str = "", *, field: str | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.field = field
+        #: Seconds after which a retry may succeed (the ``Retry-After`` header).
+        self.retry_after = retry_after
 
 
 class ConfigError(MemvaultError):
     status, code, title = 500, "config_error", "Invalid configuration"
+
+
+class MigrationFailed(ConfigError):
+    """A schema upgrade failed and was rolled back: the database is still at the
+    revision it had before, and the message names the revision that failed."""
+
+    status, code, title = 500, "migration_failed", "Schema migration failed"
 
 
 class Invalid(MemvaultError):
@@ -54,6 +67,10 @@ class Conflict(MemvaultError):
 
 class PayloadTooLarge(MemvaultError):
     status, code, title = 413, "too_large", "Payload too large"
+
+
+class TooManyRequests(MemvaultError):
+    status, code, title = 429, "too_many_requests", "Too many requests"
 
 
 class Unavailable(MemvaultError):

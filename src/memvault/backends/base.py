@@ -9,8 +9,9 @@ SQLAlchemy Core; what truly differs between databases is a ``Backend`` hook.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +20,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 from ..errors import Conflict, Invalid, Unavailable
+from ..ids import utcnow
+from .schema import UTCDateTime, message_chunks, messages
 
 __all__ = ["Backend", "Database", "after_commit"]
 
@@ -35,6 +38,36 @@ def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
     A callback that fails is logged; the committed write stands.
     """
     conn.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def _logged(exc: sa_exc.DBAPIError, level: str = "warning") -> sa_exc.DBAPIError:
+    """Log a driver error (with the request id bound to the log context) and
+    return it, to chain as the cause of the generic error the caller sees: the
+    driver's text never reaches a response."""
+    getattr(log, level)("database error", error=type(exc.orig).__name__,
+                        driver_detail=str(exc.orig))
+    return exc
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_chunks_sql(mark: str, rows: int) -> str:
+    row = f"({mark}, {mark}, {mark}, {mark}, {mark})"
+    return (f"INSERT INTO {message_chunks.name} (owner_id, message_id, seq, text, created_at) "
+            f"VALUES {', '.join([row] * rows)}")
+
+
+@functools.lru_cache(maxsize=256)
+def _advance_streams_sql(mark: str, rows: int, lease: str) -> str:
+    """Set each message's last chunk seq and renew its lease, in one statement,
+    if it still streams and is still ``writer``'s; returns the keys it advanced.
+    ``column1…`` are the names SQLite and PostgreSQL both give VALUES columns."""
+    m = messages.name
+    values = ", ".join([f"({mark}, {mark}, {mark})"] * rows)
+    return (f"UPDATE {m} SET last_chunk_seq = v.column3, lease_expires_at = {lease} "
+            f"FROM (VALUES {values}) AS v "
+            f"WHERE {m}.owner_id = v.column1 AND {m}.id = v.column2 "
+            f"AND {m}.status = 'streaming' AND {m}.writer = {mark} "
+            f"RETURNING {m}.owner_id, {m}.id")
 
 
 class Backend:
@@ -71,6 +104,53 @@ class Backend:
         """Start a write transaction on ``conn``."""
         conn.begin()
 
+    # -- stream leases and the group commit of chunks --------------------------
+    # A lease is compared with the clock of whoever set it. Where several hosts
+    # share the database (PostgreSQL) that must be the database's clock, not each
+    # host's; SQLite is one machine, so the host clock (the default here) is it.
+
+    def db_now(self) -> sa.ColumnElement[datetime]:
+        """The current time, as a SQL expression on the clock leases use."""
+        return sa.literal(utcnow(), UTCDateTime())
+
+    def lease_until(self, seconds: float) -> sa.ColumnElement[datetime]:
+        """When a lease of ``seconds`` taken now ends, as a SQL expression."""
+        return sa.literal(utcnow() + timedelta(seconds=seconds), UTCDateTime())
+
+    def _raw_lease_until(self, seconds: float) -> tuple[str, Any]:
+        """``lease_until`` for raw driver SQL: (fragment with one marker, its value)."""
+        return self.placeholder, self.timestamp_param(utcnow() + timedelta(seconds=seconds))
+
+    def group_commit_chunks(self, conn: Connection, chunks: Sequence[tuple[str, str, int, str]],
+                            writer: str, lease_s: float) -> set[tuple[str, str]]:
+        """Store the chunks ``(owner_id, message_id, seq, text)`` of several streams.
+
+        Each message advances (last chunk seq, lease renewed) only while it is
+        still ``streaming`` and written by ``writer``; chunks are inserted only for
+        the messages that advanced, which are returned as ``(owner_id, message_id)``.
+        Two multi-row statements whatever the batch size: SQLAlchemy's per-row
+        parameter processing, and a driver step (and GIL hand-back) per row, cost
+        more than the rows themselves when a hundred streams share a commit.
+        """
+        last: dict[tuple[str, str], int] = {}
+        for owner, mid, seq, _text in chunks:
+            last[(owner, mid)] = max(seq, last.get((owner, mid), 0))
+        lease_sql, lease_param = self._raw_lease_until(lease_s)
+        params: list[Any] = [lease_param]
+        for (owner, mid), seq in last.items():
+            params += (owner, mid, seq)
+        params.append(writer)
+        advanced = {(owner, mid) for owner, mid in conn.exec_driver_sql(
+            _advance_streams_sql(self.placeholder, len(last), lease_sql), tuple(params))}
+        rows = [c for c in chunks if (c[0], c[1]) in advanced]
+        if rows:
+            created = self.timestamp_param(utcnow())
+            values: list[Any] = []
+            for owner, mid, seq, text in rows:
+                values += (owner, mid, seq, text, created)
+            conn.exec_driver_sql(_insert_chunks_sql(self.placeholder, len(rows)), tuple(values))
+        return advanced
+
     def upsert(self, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str],
                set_: Mapping[str, Any]) -> sa.Executable:
         """``INSERT … ON CONFLICT (keys) DO UPDATE SET set_``."""
@@ -81,9 +161,29 @@ class Backend:
         """Serialise migrations across processes starting at once."""
         yield
 
+    @contextlib.contextmanager
+    def migration_transaction(self, conn: Connection) -> Iterator[None]:
+        """One transaction around a whole upgrade (every pending revision).
+
+        Committed when the block exits cleanly, rolled back otherwise, so a
+        revision failing half-way leaves the schema at its previous revision.
+        ``conn`` must not be in a transaction yet.
+        """
+        self.begin_write(conn)
+        try:
+            yield
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
     def after_migrate(self, engine: Engine) -> dict[str, Any]:
         """Backend work after the schema is current; returns facts for the log."""
         return {}
+
+    def estimate_rows(self, conn: Connection, table: sa.Table) -> int:
+        """A cheap estimate of ``table``'s row count (no scan)."""
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
     def integrity_check(self, conn: Connection) -> list[str]:
         """Problems the database itself reports; empty when healthy."""
@@ -111,8 +211,10 @@ class Database:
                 if self.backend.read_options:
                     conn = conn.execution_options(**self.backend.read_options)
                 yield conn
+        except sa_exc.DataError as exc:  # e.g. a NUL in a looked-up id, on PostgreSQL
+            raise Invalid("a value cannot be used in a query") from _logged(exc)
         except sa_exc.OperationalError as exc:
-            raise Unavailable(f"database unavailable: {exc.orig}") from exc
+            raise Unavailable("database unavailable") from _logged(exc)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
@@ -135,12 +237,13 @@ class Database:
                     callbacks = conn.info.pop(_AFTER_COMMIT, [])
                 conn.commit()
         except sa_exc.IntegrityError as exc:
-            raise Conflict(f"constraint violated: {exc.orig}") from exc
+            # expected (a taken id): stores turn it into their own message
+            raise Conflict("constraint violated") from _logged(exc, "info")
         except sa_exc.DataError as exc:
-            # e.g. a NUL character, which PostgreSQL text and jsonb cannot hold
-            raise Invalid(f"a value cannot be stored: {exc.orig}") from exc
+            # e.g. a number out of the column's range; stores refuse what they can first
+            raise Invalid("a value cannot be stored") from _logged(exc)
         except sa_exc.OperationalError as exc:
-            raise Unavailable(f"database unavailable: {exc.orig}") from exc
+            raise Unavailable("database unavailable") from _logged(exc)
         for callback in callbacks:
             try:
                 callback()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -59,6 +60,18 @@ class PostgresBackend(Backend):
 
         return engine
 
+    # Leases on the database's clock: replicas on several hosts share it, and a
+    # host whose clock runs ahead must not expire another's streams.
+
+    def db_now(self) -> sa.ColumnElement[datetime]:
+        return sa.func.now()
+
+    def lease_until(self, seconds: float) -> sa.ColumnElement[datetime]:
+        return sa.func.now() + sa.literal(timedelta(seconds=seconds), sa.Interval())
+
+    def _raw_lease_until(self, seconds: float) -> tuple[str, Any]:
+        return "now() + %s * interval '1 second'", float(seconds)
+
     def require_vector(self, feature: str) -> None:
         if not self.has_vector:
             raise ConfigError(f"{feature} needs the PostgreSQL 'vector' extension (pgvector), "
@@ -95,6 +108,18 @@ class PostgresBackend(Backend):
                     self.has_vector = bool(conn.execute(sa.text(
                         "SELECT 1 FROM pg_extension WHERE extname = 'vector'")).first())
         return {"pgvector": self.has_vector}
+
+    def estimate_rows(self, conn: Connection, table: sa.Table) -> int:
+        # The statistics collector's live-tuple count, else the planner's estimate
+        # (-1 before the first ANALYZE): both read one catalog row.
+        found = conn.execute(sa.text(
+            "SELECT COALESCE(s.n_live_tup, 0), c.reltuples FROM pg_class c "
+            "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid "
+            "WHERE c.oid = to_regclass(:name)"), {"name": table.name}).first()
+        if found is None:
+            return 0
+        live, planned = found
+        return int(max(live, planned, 0))
 
     def integrity_check(self, conn: Connection) -> list[str]:
         conn.execute(sa.text("SELECT 1"))

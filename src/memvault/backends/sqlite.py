@@ -25,7 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
-from ..errors import Unavailable
+from ..errors import MigrationFailed, Unavailable
 from .base import Backend
 
 __all__ = ["SQLiteBackend"]
@@ -115,6 +115,46 @@ class SQLiteBackend(Backend):
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def estimate_rows(self, conn: Connection, table: sa.Table) -> int:
+        # The largest rowid is one B-tree descent; deleted rows make it an
+        # over-estimate, which is what an estimate may be.
+        found = conn.exec_driver_sql(f'SELECT max(rowid) FROM "{table.name}"').scalar()
+        return int(found or 0)
+
+    @contextlib.contextmanager
+    def migration_transaction(self, conn: Connection) -> Iterator[None]:
+        # Alembic's batch mode rebuilds a table (copy into a new one, DROP the
+        # old, rename): with foreign keys on, the DROP deletes every child row
+        # through ON DELETE CASCADE (rebuilding ``messages`` emptied
+        # ``message_chunks``). So keys are off while migrating and checked with
+        # ``foreign_key_check`` before commit. The pragma is a no-op inside a
+        # transaction: it is set before BEGIN on this very connection, and
+        # restored after, whatever happened, before the connection goes back
+        # to the pool.
+        conn.exec_driver_sql("PRAGMA foreign_keys = OFF")
+        conn.commit()  # ends SQLAlchemy's bookkeeping; pysqlite emitted no BEGIN
+        try:
+            self.begin_write(conn)
+            try:
+                yield
+                violations = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if violations:
+                    pairs = sorted({f"{row[0]} → {row[2]}" for row in violations})
+                    raise MigrationFailed(
+                        f"foreign key check found {len(violations)} row(s) referencing "
+                        f"missing rows ({', '.join(pairs)})")
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        finally:
+            try:
+                conn.exec_driver_sql("PRAGMA foreign_keys = ON")
+                conn.commit()
+            except BaseException:
+                conn.invalidate()  # never pool a connection with keys off
+                raise
 
     def integrity_check(self, conn: Connection) -> list[str]:
         rows = conn.exec_driver_sql("PRAGMA integrity_check").scalars().all()

@@ -1,4 +1,9 @@
-"""Alembic environment: runs on the connection memvault hands it."""
+"""Alembic environment: runs on the connection memvault hands it.
+
+``migrate.upgrade`` passes a connection already inside the backend's migration
+transaction, so Alembic opens none of its own: every pending revision runs in
+that one transaction, which commits or rolls back as a whole.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ context.configure(
     target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    transaction_per_migration=False,
+    on_version_apply=context.config.attributes.get("on_version_apply"),
 )
 with context.begin_transaction():
     context.run_migrations()
