@@ -13,6 +13,7 @@ from .errors import MemvaultError
 from .settings import Settings, load_settings
 
 app = typer.Typer(help="memvault: durable memory for AI applications.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False,  # locals may hold secrets
                   add_completion=False)
 out = Console()
 
@@ -78,7 +79,8 @@ def migrate() -> None:
 
 @app.command()
 def stats() -> None:
-    """Record counts, backend and data location."""
+    """Exact record counts per kind, background components, backend and data location."""
+    from .kinds import kinds
     from .vault import Vault
 
     try:
@@ -86,12 +88,24 @@ def stats() -> None:
     except MemvaultError as exc:
         raise _fail(exc.detail) from None
     with vault:
+        try:
+            counts = vault.counts(exact=True)
+        except MemvaultError as exc:
+            raise _fail(exc.detail) from None
         table = Table(title=f"memvault — {vault.backend} — {vault.describe()}")
         table.add_column("kind")
         table.add_column("count", justify="right")
-        for name, n in vault.counts().items():
-            table.add_row(name, f"{n:,}")
+        table.add_column("what")
+        for kind in kinds():
+            table.add_row(kind.name, f"{counts[kind.name]:,}", kind.description)
         out.print(table)
+        jobs = Table(title="background components (this process)")
+        for column in ("component", "every", "runs", "failures", "last error"):
+            jobs.add_column(column)
+        for s in vault.component_stats().values():
+            jobs.add_row(s.name, f"{s.interval_s:g} s", str(s.runs), str(s.failures),
+                         s.last_error or "")
+        out.print(jobs)
 
 
 def main() -> None:
