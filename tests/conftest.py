@@ -9,12 +9,17 @@ stopped at exit. ``MEMVAULT_TEST_BACKENDS=sqlite`` runs SQLite only.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
@@ -116,3 +121,91 @@ def server_env(settings: Settings, **extra: Any) -> dict[str, str]:
         env["MEMVAULT_DATABASE_URL"] = settings.database_url
     env.update({f"MEMVAULT_{k.upper()}": str(v) for k, v in extra.items()})
     return env
+
+
+# --- blob stores: file, database and a real S3-protocol server ---------------
+
+BLOB_STORES = ["file", "database", "s3"]
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "memvault-test", "AWS_SECRET_ACCESS_KEY": "memvault-test",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of an S3-protocol server (moto, from PyPI) run on loopback for the
+    session, in its own process, stopped by its pid at the end."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                 "-p", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # wait for the condition: the server answers
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto server exited:\n{log_path.read_text()[-2000:]}")
+            try:
+                httpx.get(f"{url}/moto-api/", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3_endpoint: str) -> Iterator[Any]:
+    """A boto3 client of the session's S3 server (to make and inspect buckets)."""
+    import boto3
+
+    client = boto3.session.Session(
+        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"]).client("s3", endpoint_url=s3_endpoint)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def s3_blob_store(s3_client: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the session's S3 server; returns ``s3://bucket/prefix``.
+    The AWS credential variables are set for this test (and its subprocesses)."""
+    for name, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"mv-{uuid.uuid4().hex[:16]}"
+    s3_client.create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/blobs"
+
+
+@pytest.fixture(params=BLOB_STORES)
+def blob_store(request: pytest.FixtureRequest) -> str:
+    """``MEMVAULT_BLOB_STORE`` for a test: ``file``, ``database`` or an ``s3://`` bucket."""
+    if request.param == "s3":
+        return str(request.getfixturevalue("s3_blob_store"))
+    return str(request.param)
+
+
+@pytest.fixture
+def blob_settings(tmp_path: Path, database_url: str | None, blob_store: str,
+                  request: pytest.FixtureRequest) -> Settings:
+    """Settings on every backend × every blob store (a module overrides
+    ``settings`` with this to run its tests on each blob store)."""
+    endpoint = (request.getfixturevalue("s3_endpoint") if blob_store.startswith("s3://")
+                else None)
+    return memvault.load_settings(data_dir=tmp_path / "data", database_url=database_url,
+                                  password_hash="owasp", blob_store=blob_store,
+                                  s3_endpoint_url=endpoint)

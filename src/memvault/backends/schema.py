@@ -120,6 +120,8 @@ blobs = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("refcount", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # The collector looks for refcount-0 rows: an index lookup, not a scan.
+    sa.Index("ix_blobs_refcount", "refcount"),
 )
 
 # The bytes of blobs kept in the database itself (MEMVAULT_BLOB_STORE=database),

@@ -1,9 +1,19 @@
 """Files: uploaded documents of an entity, kept content-addressed in the blob store.
 
 A document row references a blob by sha256; ``blobs.refcount`` counts the rows.
-Publishing a blob file and removing one both happen inside the write transaction
-that changes the count, so the file and the count never disagree for long: at
-worst a crash leaves an unreferenced file behind, never a row without its file.
+Commit discipline (architecture principle 6):
+
+- Bytes a new row needs are published durably *before* the row commits, inside
+  the write transaction, right after the upsert that locks the ``blobs`` row.
+  If the commit fails they are an orphan, removed at once when possible, else
+  by ``collect_garbage``.
+- Bytes are removed only *after* the commit that made them unreferenced:
+  releasing the last reference commits refcount 0 (the row stays), and an
+  after-commit callback runs ``collect_blob``, a new short write transaction
+  that deletes the row only if its refcount is still 0 (an upload of the same
+  bytes may have taken it back meanwhile) and removes the bytes before it
+  commits. A crash in between leaves a refcount-0 row, which
+  ``collect_garbage`` (at open and periodically) collects the same way.
 """
 
 from __future__ import annotations
@@ -11,20 +21,28 @@ from __future__ import annotations
 import mimetypes
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any, BinaryIO
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.engine import Connection
 
+from ..backends.base import Database, after_commit
 from ..backends.schema import blobs, documents, entities
-from ..errors import NotFound
+from ..blobs import BlobStore
+from ..errors import MemvaultError, NotFound
 from ..ids import new_id, utcnow
 from ..models import Document, Page
 from ._context import StoreContext
 from ._paging import DEFAULT_LIMIT, keyset_page
 
-__all__ = ["FileStore", "clean_filename", "release_entity_documents"]
+__all__ = ["FileStore", "clean_filename", "collect_blob", "collect_garbage",
+           "release_entity_documents"]
+
+log = structlog.get_logger(__name__)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;.*)?$")
@@ -92,6 +110,7 @@ class FileStore:
                             content_type=_content_type(content_type, name), size=staged.size,
                             sha256=staged.sha256, created_at=utcnow())
         doc = {"owner_id": self._owner, **document.model_dump()}
+        published = False
         try:
             with self._db.write() as conn:
                 found = conn.execute(
@@ -105,7 +124,14 @@ class FileStore:
                     blobs, {"sha256": staged.sha256, "size": staged.size, "refcount": 1,
                             "created_at": doc["created_at"]},
                     keys=["sha256"], set_={"refcount": blobs.c.refcount + 1}))
-                self._blobs.publish(staged)
+                # After the upsert: its row lock orders us with a collector of
+                # the same blob, so the bytes we publish are not removed under us.
+                self._blobs.publish(conn, staged)
+                published = True
+        except BaseException:
+            if published:  # the commit failed: the bytes may be an orphan now
+                _collect_quietly(self._db, self._blobs, staged.sha256)
+            raise
         finally:
             staged.discard()
         return document
@@ -121,7 +147,7 @@ class FileStore:
     def open(self, entity_id: str, doc_id: str) -> tuple[Document, Iterator[bytes]]:
         """The document and an iterator over its bytes."""
         doc = self.get(entity_id, doc_id)
-        return doc, self._blobs.iter_bytes(doc.sha256)
+        return doc, self._blobs.open(doc.sha256)
 
     def read(self, entity_id: str, doc_id: str) -> bytes:
         _doc, chunks = self.open(entity_id, doc_id)
@@ -158,13 +184,82 @@ def release_entity_documents(ctx: StoreContext, conn: Connection, owner_id: str,
 
 
 def _release(ctx: StoreContext, conn: Connection, shas: Sequence[str]) -> None:
-    for sha in shas:
+    # One update per distinct blob, in sha order: two transactions releasing
+    # overlapping sets lock the rows in the same order (no deadlock on PostgreSQL).
+    for sha, references in sorted(Counter(shas).items()):
         left = conn.execute(blobs.update().where(blobs.c.sha256 == sha)
-                            .values(refcount=blobs.c.refcount - 1)
+                            .values(refcount=blobs.c.refcount - references)
                             .returning(blobs.c.refcount)).scalar_one_or_none()
         if left is not None and left <= 0:
-            conn.execute(blobs.delete().where(blobs.c.sha256 == sha))
-            # Inside the transaction: the write lock (SQLite) or the row lock
-            # (PostgreSQL) keeps a concurrent upload of the same bytes from
-            # publishing between our count and this unlink.
-            ctx.blobs.remove(sha)
+            # Never inside this transaction: if it rolled back, its rows would
+            # come back without their bytes. The row stays at refcount 0 until
+            # the collector, after commit, finds it still unreferenced.
+            after_commit(conn, partial(_collect_quietly, ctx.db, ctx.blobs, sha))
+
+
+def collect_blob(db: Database, store: BlobStore, sha256: str) -> bool:
+    """Delete the blob ``sha256`` and its bytes if nothing references it.
+
+    One short write transaction: lock the ``blobs`` row (creating it at
+    refcount 0 when only bytes exist, so an upload of the same bytes waits for
+    us), delete it if its refcount is still 0, remove the bytes, commit. An
+    upload that re-referenced the blob first keeps it. If the commit fails
+    after the bytes went, the row stays at refcount 0 with no bytes: harmless,
+    since publishing always restores bytes that are absent.
+
+    Returns:
+        Whether the blob was removed.
+    """
+    with db.write() as conn:
+        conn.execute(db.backend.upsert(
+            blobs, {"sha256": sha256, "size": 0, "refcount": 0, "created_at": utcnow()},
+            keys=["sha256"], set_={"refcount": blobs.c.refcount}))
+        gone = conn.execute(blobs.delete().where(blobs.c.sha256 == sha256,
+                                                 blobs.c.refcount <= 0)
+                            .returning(blobs.c.sha256)).first()
+        if gone is None:
+            return False
+        store.remove(conn, sha256)
+    return True
+
+
+def _collect_quietly(db: Database, store: BlobStore, sha256: str) -> None:
+    try:
+        collect_blob(db, store, sha256)
+    except (MemvaultError, OSError):  # left for collect_garbage; the caller's work stands
+        log.warning("blob not collected; collect_garbage will retry", sha256=sha256,
+                    exc_info=True)
+
+
+def collect_garbage(db: Database, store: BlobStore, *, full: bool = False) -> int:
+    """Remove what crashes and failed commits left behind; returns blobs removed.
+
+    Always: stale staged temp files, and blobs whose refcount is 0 (a crash
+    between a release's commit and its collection). With ``full``, also bytes in
+    the store that no row references (a crash or failed commit after an upload
+    published them) — a scan of the whole store, for ``verify`` and periodic
+    runs rather than every open. Safe while the vault is in use, from any
+    number of replicas: each blob is collected by ``collect_blob``.
+    """
+    store.clean_tmp()
+    removed = 0
+    after = ""
+    while True:
+        with db.read() as conn:
+            batch = conn.execute(
+                sa.select(blobs.c.sha256).where(blobs.c.refcount <= 0, blobs.c.sha256 > after)
+                .order_by(blobs.c.sha256).limit(500)).scalars().all()
+        if not batch:
+            break
+        removed += sum(collect_blob(db, store, sha) for sha in batch)
+        after = batch[-1]
+    if full:
+        for sha in store.stored():
+            with db.read() as conn:
+                referenced = conn.execute(sa.select(blobs.c.refcount).where(
+                    blobs.c.sha256 == sha, blobs.c.refcount > 0)).first()
+            if referenced is None:
+                removed += collect_blob(db, store, sha)
+    if removed:
+        log.info("blobs collected", removed=removed, store=store.name)
+    return removed

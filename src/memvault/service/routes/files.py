@@ -1,11 +1,12 @@
-"""``/api/entities/{entity_id}/files``: uploads, kept content-addressed."""
+"""``/api/entities/{entity_id}/files``: uploads, kept content-addressed in the
+blob store (``MEMVAULT_BLOB_STORE``); downloads stream from any of them."""
 
 from __future__ import annotations
 
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Response, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from ...models import Document, Page
 from ..deps import DEFAULT, Cursor, Limit, UserScope, VaultDep
@@ -41,15 +42,23 @@ def get_file(entity_id: str, doc_id: str, scope: UserScope) -> Document:
     return scope.files.get(entity_id, doc_id)
 
 
-@router.get("/{doc_id}/content")
+@router.get("/{doc_id}/content", response_model=None)
 def get_file_content(entity_id: str, doc_id: str, scope: UserScope, vault: VaultDep
-                     ) -> FileResponse:
+                     ) -> FileResponse | StreamingResponse:
     doc = scope.files.get(entity_id, doc_id)
-    return FileResponse(vault.blobs.path(doc.sha256), media_type=doc.content_type, headers={
+    headers = {
         "Content-Disposition": content_disposition(doc.filename),
         "X-Content-Type-Options": "nosniff",
         "ETag": f'"{doc.sha256}"',
-    })
+    }
+    path = vault.blobs.local_path(doc.sha256)
+    if path is not None and path.is_file():  # sendfile, ranges
+        return FileResponse(path, media_type=doc.content_type, headers=headers)
+    # Opened here, so a missing blob or an unreachable store is a problem
+    # response, not a body cut short; then streamed piece by piece.
+    pieces = vault.blobs.open(doc.sha256)
+    return StreamingResponse(pieces, media_type=doc.content_type,
+                             headers={**headers, "Content-Length": str(doc.size)})
 
 
 @router.delete("/{doc_id}", status_code=204)
