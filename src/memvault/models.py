@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "Page", "User", "Token", "Entity", "Document", "Conversation", "Message", "Chunk",
-    "Role", "MessageStatus",
+    "Role", "MessageStatus", "StreamLease",
 ]
 
 T = TypeVar("T")
@@ -86,6 +86,14 @@ class Conversation(_Record):
     message_count: int = 0
     last_message_at: datetime | None = None
     messages: list[Message] | None = None
+
+
+class StreamLease(_Record):
+    """A streaming message's lease, as a heartbeat renewed it."""
+
+    message_id: str
+    status: MessageStatus
+    lease_expires_at: datetime
 
 
 class Chunk(_Record):

@@ -39,6 +39,7 @@ class Server:
 
     def start(self, timeout: float = 60) -> Server:
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        log_start = self.log.stat().st_size if self.log.exists() else 0
         out = open(self.log, "ab")  # noqa: SIM115 - kept open for the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "memvault", "serve", "--host", "127.0.0.1",
@@ -51,15 +52,65 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    if self.workers > 1:
-                        time.sleep(0.5 * self.workers)  # let every worker come up
+                if (httpx.get(f"{self.url}/ready", timeout=1).status_code == 200
+                        and self._started_workers(log_start) >= self.workers):
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         self.kill()
         raise RuntimeError(f"server did not become ready:\n{self.log.read_text()[-3000:]}")
+
+    def _started_workers(self, log_start: int) -> int:
+        """Workers whose start-up finished, by the line each logs when it is ready."""
+        with open(self.log, "rb") as fh:
+            fh.seek(log_start)
+            return fh.read().count(b"memvault started")
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def wait_started(self, count: int, log_start: int, timeout: float = 60) -> None:
+        """Wait until ``count`` workers logged their start-up after ``log_start``
+        (e.g. the one uvicorn starts in place of a killed worker)."""
+        deadline = time.monotonic() + timeout
+        while self._started_workers(log_start) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no worker started:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def worker_pids(self) -> list[int]:
+        """The live worker processes: the children of the supervisor (a /proc scan)."""
+        assert self.proc is not None
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    state, ppid = fh.read().rsplit(")", 1)[1].split()[:2]
+            except (OSError, ValueError):
+                continue
+            if int(ppid) == self.proc.pid and state != "Z":
+                pids.append(int(entry))
+        return pids
+
+    def worker_serving(self, client: httpx.Client, response: httpx.Response) -> int:
+        """The pid of the worker holding the server end of the keep-alive connection
+        ``response`` came over (matched by its socket in /proc/net/tcp)."""
+        client_port = response.extensions["network_stream"].get_extra_info("client_addr")[1]
+        ends = (f"0100007F:{self.port:04X}", f"0100007F:{client_port:04X}")
+        with open("/proc/net/tcp") as fh:
+            inodes = {f[9] for f in (line.split() for line in fh.readlines()[1:])
+                      if (f[1], f[2]) == ends}
+        for pid in self.worker_pids():
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                        if link.startswith("socket:[") and link[8:-1] in inodes:
+                            return pid
+        raise AssertionError(f"no worker holds the connection from port {client_port}")
 
     def stop(self, timeout: float = 20) -> None:
         """Graceful stop (SIGTERM to the group), then wait."""

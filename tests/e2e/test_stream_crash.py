@@ -82,6 +82,8 @@ def _crash_once(settings: Settings, owner: str, conv_id: str, rng: random.Random
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL, errlog.read_text()[-3000:]
     acks = [tuple(map(int, ln.split()[1:])) for ln in lines if ln.startswith("ack ")]
     assert acks and not any(ln.startswith("end ") for ln in lines)
@@ -173,6 +175,9 @@ def test_lease_expiry_interrupts_a_stream_of_a_live_foreign_writer(settings: Set
 
 # -- 2. the server killed while an HTTP client streams -------------------------------------
 
+#: A short lease for the tests where an HTTP client's stream must end with it.
+HTTP_LEASE_S = 2
+
 
 def test_server_killed_while_client_streams(settings: Settings) -> None:
     rng = random.Random()
@@ -182,7 +187,7 @@ def test_server_killed_while_client_streams(settings: Settings) -> None:
     stop = threading.Event()
     errors: list[BaseException] = []
 
-    srv = Server(settings).start()
+    srv = Server(settings, stream_lease_s=HTTP_LEASE_S).start()
     try:
         with srv.client() as c:
             h = login(c, "crash@example.com")
@@ -228,11 +233,19 @@ def test_server_killed_while_client_streams(settings: Settings) -> None:
         srv.kill()
 
     last_acked = acked[-1]
-    with Server(settings) as srv2, srv2.client() as c:
+    with Server(settings, stream_lease_s=HTTP_LEASE_S) as srv2, srv2.client() as c:
         h = login(c, "crash@example.com")
-        r = c.get(f"/api/messages/{message_id}", headers=h)
-        assert r.status_code == 200, r.text
-        msg = r.json()
+        # The client (the stream's writer) is gone too: its lease lapses, and then
+        # the sweep marks the message interrupted.
+        deadline = time.monotonic() + 30
+        while True:
+            r = c.get(f"/api/messages/{message_id}", headers=h)
+            assert r.status_code == 200, r.text
+            msg = r.json()
+            if msg["status"] != "streaming":
+                break
+            assert time.monotonic() < deadline, "the lease lapsed but nothing swept it"
+            time.sleep(0.1)
         assert msg["status"] == "interrupted", msg
         n = msg["last_chunk_seq"]
         assert n >= last_acked
@@ -252,6 +265,45 @@ def test_server_killed_while_client_streams(settings: Settings) -> None:
         assert conv["messages"][1]["content"] == msg["content"]
     with memvault.open(settings) as vault:
         assert vault.integrity_check() == []
+
+
+# -- 3. a worker killed while a client streams through it ----------------------------------
+
+
+def test_killing_a_worker_leaves_a_client_stream_alive(settings: Settings) -> None:
+    """An HTTP stream's writer is its client, not the worker that served a chunk:
+    kill -9 that worker, and the stream carries on through another one."""
+    texts = [f"part {i} · ünï 🙂 " for i in range(40)]
+    srv = Server(settings, workers=2).start()
+    try:
+        with srv.client() as c:  # one keep-alive connection: one worker serves it all
+            h = login(c, "worker-crash@example.com")
+            conv_id = create_conversation(c, h, "worker crash")
+            message_id = start_stream(c, h, conv_id)
+            for seq in range(1, 21):
+                r = c.post(f"/api/messages/{message_id}/chunks",
+                           json={"seq": seq, "text": texts[seq - 1]}, headers=h)
+                assert r.status_code == 200, r.text
+            victim = srv.worker_serving(c, r)
+            log_start = srv.log_size()
+            os.kill(victim, signal.SIGKILL)
+        # uvicorn starts a worker in its place; its vault sweeps dead writers on open.
+        srv.wait_started(1, log_start)
+        assert victim not in srv.worker_pids()
+        with srv.client() as c:
+            r = c.post(f"/api/messages/{message_id}/heartbeat", headers=h)
+            assert r.status_code == 200, r.text
+            assert r.json()["status"] == "streaming"
+            for seq in range(21, 41):
+                r = c.post(f"/api/messages/{message_id}/chunks",
+                           json={"seq": seq, "text": texts[seq - 1]}, headers=h)
+                assert r.status_code == 200, r.text
+            r = c.post(f"/api/messages/{message_id}/complete", headers=h)
+            assert r.status_code == 200, r.text
+            assert r.json()["status"] == "complete"
+            assert r.json()["content"] == "".join(texts)
+    finally:
+        srv.kill()
 
 
 # -- 6. a graceful restart keeps everything, streaming messages included -------------------

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 from fastapi.testclient import TestClient
+
+from .conftest import register
 
 
 def _sse(text: str) -> list[tuple[str | None, str, dict]]:  # type: ignore[type-arg]
@@ -128,3 +131,25 @@ def test_deleting_an_entity_deletes_its_conversations(client: TestClient,
     sid = client.post("/api/chat/sessions", headers=auth, json={"entity_id": "e"}).json()["id"]
     client.delete("/api/entities/e", headers=auth)
     assert client.get(f"/api/conversations/{sid}", headers=auth).status_code == 404
+
+
+def test_heartbeat_keeps_an_http_stream_alive(client: TestClient, auth: dict[str, str]) -> None:
+    cid = client.post("/api/conversations", headers=auth, json={}).json()["id"]
+    mid = client.post(f"/api/conversations/{cid}/messages", headers=auth,
+                      json={"role": "assistant", "status": "streaming"}).json()["id"]
+    r = client.post(f"/api/messages/{mid}/heartbeat", headers=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["message_id"] == mid and body["status"] == "streaming"
+    first = datetime.fromisoformat(body["lease_expires_at"])
+    assert first.tzinfo is not None
+    again = client.post(f"/api/messages/{mid}/heartbeat", headers=auth).json()
+    assert datetime.fromisoformat(again["lease_expires_at"]) >= first
+    other = register(client, "heartbeat-other@example.com")
+    r = client.post(f"/api/messages/{mid}/heartbeat", headers=other)
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    assert client.post("/api/messages/nope/heartbeat", headers=auth).status_code == 404
+    assert client.post(f"/api/messages/{mid}/heartbeat").status_code == 401
+    client.post(f"/api/messages/{mid}/complete", headers=auth)
+    r = client.post(f"/api/messages/{mid}/heartbeat", headers=auth)
+    assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json"

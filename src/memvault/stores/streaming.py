@@ -8,21 +8,28 @@ hands its chunks to one ``ChunkWriter`` thread, which commits whatever is
 queued in one transaction: with many concurrent streams, one commit (one fsync)
 serves a whole batch. ``Reply.write`` returns once its chunk is durable, so a
 chunk the caller has seen persisted survives ``kill -9``.
+
+Ownership: a library reply's message names this process as its ``writer`` and
+holds a lease the ``ChunkWriter`` renews while the reply is open (entered, or
+written to). A chunk is stored only while its message still streams and is still
+ours; a reply whose message was interrupted (its lease lapsed) or finished
+elsewhere stops with ``Conflict``. Streams a client drives over HTTP have no
+writer: only their lease, renewed by chunks and heartbeats, keeps them alive.
+Leases are set and compared in SQL on the backend's clock (the database's on
+PostgreSQL).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import structlog
@@ -44,23 +51,6 @@ __all__ = ["Reply", "ChunkWriter", "sweep_interrupted", "writer_identity"]
 log = structlog.get_logger(__name__)
 MAX_BATCH = 4000
 _POKE_TIMEOUT_S = 0.05
-
-
-@functools.lru_cache(maxsize=256)
-def _insert_chunks_sql(mark: str, rows: int) -> str:
-    row = f"({mark}, {mark}, {mark}, {mark}, {mark})"
-    return (f"INSERT INTO {message_chunks.name} (owner_id, message_id, seq, text, created_at) "
-            f"VALUES {', '.join([row] * rows)}")
-
-
-@functools.lru_cache(maxsize=256)
-def _advance_messages_sql(mark: str, rows: int) -> str:
-    """Set each message's last chunk seq and renew its lease, in one statement.
-    ``column1…`` are the names SQLite and PostgreSQL both give VALUES columns."""
-    values = ", ".join([f"({mark}, {mark}, {mark})"] * rows)
-    return (f"UPDATE {messages.name} SET last_chunk_seq = v.column3, lease_expires_at = {mark} "
-            f"FROM (VALUES {values}) AS v "
-            f"WHERE {messages.name}.owner_id = v.column1 AND {messages.name}.id = v.column2")
 
 
 def writer_identity() -> str:
@@ -110,31 +100,28 @@ class ChunkWriter:
     own and other streams' chunks) in its own thread; otherwise it waits for the
     running commit and tries again. One stream pays one transaction per chunk
     with no thread switch; many streams share each commit (and its fsync).
-    A housekeeping thread persists buffers that went stale and renews leases.
+    ``housekeeping()``, run by the vault's background component
+    ``stream-keeper``, persists buffers that went stale and renews leases.
     """
 
-    def __init__(self, db: Database, hub: LocalHub, settings: Settings) -> None:
+    def __init__(self, db: Database, hub: LocalHub, settings: Settings, writer_id: str) -> None:
         self._db = db
         self._hub = hub
-        self._lease = timedelta(seconds=settings.stream_lease_s)
+        self._writer_id = writer_id
+        self._lease_s = settings.stream_lease_s
         self._interval = settings.persist_interval_ms / 1000
         self._cv = threading.Condition()
         self._queue: list[_Pending] = []
         self._committing = False
         self._replies: dict[str, Reply] = {}
         self._closed = False
-        self._thread: threading.Thread | None = None
         self._last_renew = time.monotonic()
-        backend = self._db.backend
-        self._mark = backend.placeholder
-        self._timestamp = backend.timestamp_param
 
     # -- called by replies ---------------------------------------------------
 
     def register(self, reply: Reply) -> None:
         with self._cv:
             self._replies[reply.message_id] = reply
-            self._start()
 
     def unregister(self, reply: Reply) -> None:
         with self._cv:
@@ -190,8 +177,9 @@ class ChunkWriter:
     # -- committing ----------------------------------------------------------
 
     def _commit(self, batch: list[_Pending]) -> None:
+        refused: dict[str, MemvaultError] = {}
         try:
-            self._write(batch)
+            refused = self._write(batch)
         except BaseException as exc:  # noqa: BLE001 - isolate the failing stream
             groups: dict[str, list[_Pending]] = {}
             for p in batch:
@@ -201,9 +189,18 @@ class ChunkWriter:
             else:
                 for group in groups.values():
                     try:
-                        self._write(group)
+                        refused.update(self._write(group))
                     except BaseException as err:  # noqa: BLE001
                         self._fail(group, err)
+        if refused:
+            # A reply whose message is no longer ours stops: nothing more is
+            # written for it, and its lease is no longer renewed.
+            for p in batch:
+                if p.message_id in refused:
+                    p.error = refused[p.message_id]
+            with self._cv:
+                for message_id in refused:
+                    self._replies.pop(message_id, None)
         hub = self._hub
         for p in batch:
             p.done = True
@@ -211,71 +208,63 @@ class ChunkWriter:
                 hub.publish(p.message_id, {"type": "chunk", "seq": p.seq, "text": p.text})
 
     def _fail(self, items: list[_Pending], exc: BaseException) -> None:
-        if isinstance(exc, Conflict):  # the message row (or its conversation) is gone
-            exc = NotFound("the message was deleted while it streamed")
         for p in items:
             p.error = exc
 
-    def _write(self, items: list[_Pending]) -> None:
-        # Two multi-row statements through the driver, whatever the batch size:
-        # SQLAlchemy's per-row parameter processing, and a driver step (and GIL
-        # hand-back) per row, cost more than the rows themselves when a hundred
-        # streams share a commit.
-        now = utcnow()
-        created = self._timestamp(now)
-        last: dict[tuple[str, str], int] = {}
-        for p in items:
-            last[(p.owner, p.message_id)] = p.seq
-        chunk_params: list[Any] = []
-        for p in items:
-            chunk_params += (p.owner, p.message_id, p.seq, p.text, created)
-        seq_params: list[Any] = [self._timestamp(now + self._lease)]
-        for (owner, mid), seq in last.items():
-            seq_params += (owner, mid, seq)
+    def _write(self, items: list[_Pending]) -> dict[str, MemvaultError]:
+        """Commit ``items`` in one transaction (the backend's group-commit hook).
+
+        Returns, per message id, why its chunks were refused (nothing of them
+        written): the message is gone, no longer streams, or is not ours.
+        """
+        chunks = [(p.owner, p.message_id, p.seq, p.text) for p in items]
+        refused: dict[str, MemvaultError] = {}
         with self._db.write() as conn:
-            conn.exec_driver_sql(_insert_chunks_sql(self._mark, len(items)), tuple(chunk_params))
-            conn.exec_driver_sql(_advance_messages_sql(self._mark, len(last)), tuple(seq_params))
+            advanced = self._db.backend.group_commit_chunks(conn, chunks, self._writer_id,
+                                                            self._lease_s)
+            for owner, mid in {(p.owner, p.message_id) for p in items} - advanced:
+                row = conn.execute(sa.select(messages.c.status).where(
+                    messages.c.owner_id == owner, messages.c.id == mid)).first()
+                if row is None:
+                    refused[mid] = NotFound("the message was deleted while it streamed")
+                elif row.status != "streaming":
+                    refused[mid] = Conflict(f"the message is {row.status}; "
+                                            "it takes no more chunks")
+                else:
+                    refused[mid] = Conflict("the message is no longer written by this "
+                                            "process (its lease lapsed)")
+        return refused
 
-    # -- the housekeeping thread ---------------------------------------------
+    # -- housekeeping (a background component of the vault) -------------------
 
-    def _start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="memvault-stream-keeper",
-                                            daemon=True)
-            self._thread.start()
+    @property
+    def housekeeping_interval_s(self) -> float:
+        return self._interval / 2
 
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                if self._closed:
-                    return
-                self._cv.wait(self._interval / 2)
-            try:
-                self._housekeeping()
-            except MemvaultError:
-                log.warning("stream housekeeping failed; will retry", exc_info=True)
-
-    def _housekeeping(self) -> None:
+    def housekeeping(self) -> None:
+        """Persist buffers older than the persist interval; renew leases."""
         now = time.monotonic()
         for reply in self.active():
             reply._flush_if_stale(now)
-        if now - self._last_renew >= self._lease.total_seconds() / 3:
+        if now - self._last_renew >= self._lease_s / 3:
             self._last_renew = now
             self.renew_leases()
 
     def renew_leases(self) -> None:
+        """Extend the lease of every open reply whose message still streams and
+        is still ours (a message interrupted meanwhile stays interrupted)."""
         replies = self.active()
         if not replies:
             return
-        lease = utcnow() + self._lease
         try:
             with self._db.write() as conn:
                 conn.execute(
                     messages.update()
                     .where(messages.c.owner_id == sa.bindparam("b_owner"),
                            messages.c.id == sa.bindparam("b_id"),
-                           messages.c.status == "streaming")
-                    .values(lease_expires_at=lease),
+                           messages.c.status == "streaming",
+                           messages.c.writer == self._writer_id)
+                    .values(lease_expires_at=self._db.backend.lease_until(self._lease_s)),
                     [{"b_owner": r.owner_id, "b_id": r.message_id} for r in replies])
         except MemvaultError:
             log.warning("lease renewal failed; will retry", exc_info=True)
@@ -285,9 +274,6 @@ class ChunkWriter:
             pending = list(self._queue)
             self._closed = True
             self._cv.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
         with contextlib.suppress(MemvaultError):
             self.wait(pending)
 
@@ -315,7 +301,14 @@ class Reply:
         self._last_persist = time.monotonic()
         self._pending: list[_Pending] = []
         self._closed = False
-        self._writer.register(self)
+        # Registered (its lease renewed) only once used: a reply created but never
+        # entered nor written to is abandoned, and expires with its lease.
+        self._registered = False
+
+    def _register(self) -> None:
+        if not self._registered and not self._closed:
+            self._registered = True
+            self._writer.register(self)
 
     @property
     def text(self) -> str:
@@ -333,10 +326,12 @@ class Reply:
         if not isinstance(delta, str):
             raise TypeError("delta must be a str")
         check_text(delta, "delta")
+        self._register()
         wait: list[_Pending] = []
         with self._lock:
             if self._closed:
                 raise Conflict("this reply is already finished")
+            self._raise_refused()
             self._parts.append(delta)
             self._unpersisted.append(delta)
             self._bundle.append(delta)
@@ -361,10 +356,13 @@ class Reply:
         self._ctx.hub.publish(self.message_id, {"type": "bundle", "text": "".join(self._bundle)})
         self._bundle = []
 
-    def _persist_locked(self) -> list[_Pending]:
+    def _raise_refused(self) -> None:
         for p in self._pending:
             if p.error is not None:  # an earlier chunk failed: never write past a gap
                 raise p.error
+
+    def _persist_locked(self) -> list[_Pending]:
+        self._raise_refused()
         self._last_persist = time.monotonic()
         if not self._unpersisted:
             return []
@@ -413,6 +411,7 @@ class Reply:
         return self.message
 
     def __enter__(self) -> Reply:
+        self._register()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -426,28 +425,34 @@ def sweep_interrupted(db: Database, check_dead_writers: bool = False,
                       on_interrupt: Callable[[str], None] | None = None) -> int:
     """Mark abandoned streaming messages ``interrupted``, materialising their text.
 
-    Abandoned: the lease expired, or (``check_dead_writers``) the writing process
-    ran on this host and is gone. Returns how many were marked.
+    Abandoned: the lease expired (compared in SQL, on the backend's clock), or
+    (``check_dead_writers``) the writing library process ran on this host and is
+    gone. Streams driven over HTTP have no writer: only their lease ends them.
+    Returns how many were marked.
     """
-    now = utcnow()
     host = socket.gethostname()
+    m = messages.c
+
+    def expired() -> sa.ColumnElement[bool]:
+        return sa.or_(m.lease_expires_at.is_(None), m.lease_expires_at < db.backend.db_now())
+
     with db.read() as conn:
-        rows = conn.execute(sa.select(messages.c.owner_id, messages.c.id,
-                                      messages.c.conversation_id, messages.c.writer,
-                                      messages.c.lease_expires_at)
-                            .where(messages.c.status == "streaming")).all()
+        found = [(row.owner_id, row.id, None) for row in conn.execute(
+            sa.select(m.owner_id, m.id).where(m.status == "streaming", expired()))]
+        if check_dead_writers:
+            found += [(row.owner_id, row.id, row.writer) for row in conn.execute(
+                sa.select(m.owner_id, m.id, m.writer)
+                .where(m.status == "streaming", m.writer.startswith(f"{host}:", autoescape=True)))
+                if _writer_gone(row.writer, host)]
     marked = 0
-    for row in rows:
-        expired = row.lease_expires_at is None or row.lease_expires_at < now
-        if not expired and not (check_dead_writers and _writer_gone(row.writer, host)):
-            continue
-        # Conditional on what we saw: a writer that renewed meanwhile keeps its message.
-        guard = (sa.or_(messages.c.lease_expires_at.is_(None), messages.c.lease_expires_at < now)
-                 if expired else messages.c.writer == row.writer)
-        if interrupt_message(db, row.owner_id, row.id, guard):
+    for owner_id, message_id, dead_writer in found:
+        # Conditional on what we saw: a lease renewed meanwhile keeps its message
+        # (re-checked in SQL); a dead writer's claim is checked unchanged.
+        guard = expired() if dead_writer is None else m.writer == dead_writer
+        if interrupt_message(db, owner_id, message_id, guard):
             marked += 1
             if on_interrupt:
-                on_interrupt(row.id)
+                on_interrupt(message_id)
     return marked
 
 

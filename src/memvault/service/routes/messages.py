@@ -1,5 +1,5 @@
-"""``/api/messages/{id}``: chunks of a streaming message, completion, and the
-live Server-Sent Events stream."""
+"""``/api/messages/{id}``: chunks of a streaming message, its heartbeat,
+completion, and the live Server-Sent Events stream."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...errors import Invalid, NotFound
-from ...models import Message
+from ...ids import INT32_MAX, parse_int
+from ...models import Message, StreamLease
 from ..deps import UserScope
 from ..schemas import ChunkAck, ChunksIn, CompleteIn
 
@@ -36,6 +37,15 @@ def post_chunks(message_id: str, body: ChunksIn, scope: UserScope) -> ChunkAck:
     return ChunkAck(message_id=message_id, last_seq=last)
 
 
+@router.post("/{message_id}/heartbeat", response_model=StreamLease, responses={
+    404: {"description": "no such message"},
+    409: {"description": "the message no longer streams"}})
+def heartbeat(message_id: str, scope: UserScope) -> StreamLease:
+    """Keep a streaming message alive between chunks (e.g. while the model thinks):
+    renews its lease of ``MEMVAULT_STREAM_LEASE_S``."""
+    return scope.conversations.heartbeat(message_id)
+
+
 @router.post("/{message_id}/complete", response_model=Message)
 def complete_message(message_id: str, scope: UserScope,
                      body: Annotated[CompleteIn | None, Body()] = None) -> Message:
@@ -45,11 +55,11 @@ def complete_message(message_id: str, scope: UserScope,
 
 def _resume_point(last_event_id: str | None, after_seq: int | None) -> int:
     if last_event_id is not None and last_event_id.strip() != "":
-        value = last_event_id.strip()
-        if not value.isdigit() or len(value) > 12:
-            raise Invalid("Last-Event-ID must be a chunk seq (a whole number)",
-                          field="Last-Event-ID")
-        return int(value)
+        try:  # ASCII digits within a chunk seq's 32 bits ("²" is a digit to isdigit())
+            return parse_int(last_event_id.strip(), "Last-Event-ID", 0, INT32_MAX)
+        except Invalid:
+            raise Invalid("Last-Event-ID must be a chunk seq (a whole number up to "
+                          f"{INT32_MAX})", field="Last-Event-ID") from None
     return after_seq or 0
 
 
@@ -62,7 +72,7 @@ def _event(kind: str, data: dict[str, Any], event_id: int | None = None) -> str:
     200: {"content": {"text/event-stream": {}}, "description": "chunk events, then done"}})
 async def stream_message(
     message_id: str, request: Request, scope: UserScope,
-    after_seq: Annotated[int | None, Query(ge=0)] = None,
+    after_seq: Annotated[int | None, Query(ge=0, le=INT32_MAX)] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     start = _resume_point(last_event_id, after_seq)
