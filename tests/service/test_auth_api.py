@@ -74,16 +74,15 @@ def test_health_and_ready_need_no_token(client: TestClient, auth: dict[str, str]
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["version"]
     assert health["backend"] in ("sqlite", "postgresql")
-    assert health["counts"]["users"] == 1 and health["counts"]["entities"] == 1
-    assert "documents" in health["counts"]
-    assert client.get("/ready").json() == {"status": "ready"}
+    assert "counts" not in health  # issue 10: probes count nothing (see test_system.py)
+    assert client.get("/ready").json()["status"] == "ready"
 
 
 def test_auth_disabled_acts_as_one_local_user(settings: Settings) -> None:
     import memvault
 
     with memvault.open(settings.model_copy(update={"auth": "disabled"})) as vault, \
-            TestClient(create_app(vault=vault)) as client:
+            TestClient(create_app(vault=vault), base_url="http://localhost") as client:
         r = client.post("/api/entities", json={"entity_id": "e", "entity_name": "E"})
         assert r.status_code == 201
         assert client.get("/api/entities/e").status_code == 200

@@ -13,7 +13,8 @@ from ..scope import Scope
 from ..stores._paging import DEFAULT_LIMIT, MAX_LIMIT
 from ..vault import Vault
 
-__all__ = ["VaultDep", "CurrentUser", "UserScope", "BearerToken", "Limit", "Cursor"]
+__all__ = ["VaultDep", "CurrentUser", "UserScope", "BearerToken", "ClientAddress", "Limit",
+           "Cursor"]
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -32,6 +33,15 @@ def get_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depend
 
 
 BearerToken = Annotated[str | None, Depends(get_token)]
+
+
+def client_address(request: Request) -> str | None:
+    """The peer's address, for per-address login limits (behind a proxy: the proxy's,
+    unless the server is told to trust its forwarded headers)."""
+    return request.client.host if request.client else None
+
+
+ClientAddress = Annotated[str | None, Depends(client_address)]
 
 
 def current_user(request: Request, vault: VaultDep, token: BearerToken) -> User:

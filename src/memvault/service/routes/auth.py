@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from ...errors import Unauthorized
 from ...models import Token, User
-from ..deps import BearerToken, CurrentUser, VaultDep
+from ..deps import BearerToken, ClientAddress, CurrentUser, VaultDep
 from ..schemas import LoginIn, RegisterIn
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -18,8 +18,8 @@ def register(body: RegisterIn, vault: VaultDep) -> User:
 
 
 @router.post("/login", response_model=Token)
-def login(body: LoginIn, vault: VaultDep) -> Token:
-    return vault.users.login(body.email, body.password)
+def login(body: LoginIn, vault: VaultDep, client: ClientAddress) -> Token:
+    return vault.users.login(body.email, body.password, client=client)
 
 
 @router.get("/me", response_model=User)
