@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
+from ..ids import INT32_MAX
 from ..models import Conversation, Role
 
 __all__ = ["RegisterIn", "LoginIn", "EntityIn", "EntityPatch", "ConversationIn",
@@ -63,14 +64,14 @@ class MessageIn(_In):
 
 
 class ChunkIn(_In):
-    seq: StrictInt = Field(ge=1)
+    seq: StrictInt = Field(ge=1, le=INT32_MAX)
     text: StrictStr
 
 
 class ChunksIn(_In):
     """Either one chunk ``{seq, text}`` or several ``{chunks: [...]}``."""
 
-    seq: StrictInt | None = Field(None, ge=1)
+    seq: StrictInt | None = Field(None, ge=1, le=INT32_MAX)
     text: StrictStr | None = None
     chunks: list[ChunkIn] | None = Field(None, min_length=1)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import functools
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, get_args
 
 import sqlalchemy as sa
@@ -20,12 +20,12 @@ from sqlalchemy.engine import Connection
 
 from ..backends.schema import conversations, message_chunks, messages
 from ..errors import Conflict, Invalid, NotFound, PayloadTooLarge
-from ..ids import decode_cursor, encode_cursor, new_id, utcnow
+from ..ids import INT32_MAX, decode_cursor, encode_cursor, new_id, utcnow
 from ..live import Listener
-from ..models import Chunk, Conversation, Message, MessageStatus, Page, Role
+from ..models import Chunk, Conversation, Message, MessageStatus, Page, Role, StreamLease
 from ._context import StoreContext
 from ._paging import DEFAULT_LIMIT, check_limit, keyset_page
-from ._text import check_text
+from ._text import check_json, check_text, check_texts
 from .entities import UNSET, EntityStore
 
 if TYPE_CHECKING:
@@ -72,9 +72,15 @@ _MSGS_AFTER = (sa.select(*_MSG_COLS).where(_MSG_IN_CONV, _M.seq > _bp("pivot"))
                .order_by(_M.seq).limit(_bp("lim")))
 _MSGS_BEFORE = (sa.select(*_MSG_COLS).where(_MSG_IN_CONV, _M.seq < _bp("pivot"))
                 .order_by(_M.seq.desc()).limit(_bp("lim")))
+_MSGS_LAST = (sa.select(*_MSG_COLS).where(_MSG_IN_CONV, _M.seq <= _bp("pivot"))
+              .order_by(_M.seq.desc()).limit(_bp("lim")))
 _MSG_SEQ_OF = sa.select(_M.seq).where(_MSG_IN_CONV, _M.id == _bp("message_id"))
-_MSG_AFTER_CHUNKS = messages.update().where(_MSG_KEY).values(
-    last_chunk_seq=_bp("b_last"), writer=_bp("b_writer"), lease_expires_at=_bp("b_lease"))
+# Leases are SQL expressions of the backend (the database's clock on PostgreSQL),
+# added per call. A chunk or heartbeat renews the lease and never claims the
+# message for this process: a client streaming over HTTP is its writer.
+_MSG_AFTER_CHUNKS = messages.update().where(_MSG_KEY)
+_MSG_HEARTBEAT = (messages.update().where(_MSG_KEY, _M.status == "streaming")
+                  .returning(_M.lease_expires_at))
 _MSG_FINISH = messages.update().where(_MSG_KEY).values(
     status=_bp("b_status"), content=_bp("b_content"), completed_at=_bp("b_now"), writer=None,
     lease_expires_at=None)
@@ -115,6 +121,27 @@ def _message(row: Any, content: str | None = None) -> Message:
                    completed_at=completed)
 
 
+def _position(digits: str) -> int | None:
+    """A position given in ASCII digits; None when it is past any ``messages.seq``
+    (a 32-bit column, which PostgreSQL will not compare with a larger parameter).
+    A huge string is not converted: ``int()`` of thousands of digits is refused."""
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > len(str(INT32_MAX)) or int(digits) > INT32_MAX:
+        return None
+    return int(digits)
+
+
+def _message_cursor(cursor: str) -> tuple[str, int]:
+    """``[direction, seq]`` from a cursor made by ``messages()``; anything else
+    (another listing's cursor, a string or out-of-range seq) is ``Invalid``."""
+    value = decode_cursor(cursor)
+    if not (isinstance(value, list) and len(value) == 2 and value[0] in ("a", "b")
+            and isinstance(value[1], int) and not isinstance(value[1], bool)
+            and 0 <= value[1] <= INT32_MAX):
+        raise Invalid("malformed cursor", field="cursor")
+    return value[0], value[1]
+
+
 def check_role(role: str) -> str:
     if role not in ROLES:
         raise Invalid(f"role must be one of {', '.join(ROLES)}", field="role")
@@ -145,6 +172,10 @@ class ConversationStore:
             EntityStore(self._ctx, self._owner).get(entity_id)
         if title is not None:
             check_text(title, "title")
+        if participants is not None:
+            participants = check_texts(participants, "participants")
+        if metadata is not None:
+            check_json(metadata, "metadata")
         now = utcnow()
         conv = Conversation(id=new_id(), entity_id=entity_id, title=title,
                             participants=[*(participants or [])], metadata=metadata or {},
@@ -184,9 +215,9 @@ class ConversationStore:
         if title is not UNSET:
             values["title"] = title if title is None else check_text(title, "title")
         if participants is not UNSET:
-            values["participants"] = list(participants or [])
+            values["participants"] = check_texts(participants or [], "participants")
         if metadata is not UNSET:
-            values["metadata"] = metadata or {}
+            values["metadata"] = check_json(metadata or {}, "metadata")
         statement = _conv_update_statement(tuple(f for f in _CONV_FIELDS if f in values))
         params = {f"v_{k}": v for k, v in values.items()}
         with self._db.write() as conn:
@@ -212,9 +243,15 @@ class ConversationStore:
         if not isinstance(content, str):
             raise Invalid("content must be a string", field="content")
         check_text(content, "content")
+        if author is not None:
+            check_text(author, "author")
+        if metadata is not None:
+            check_json(metadata, "metadata")
         now = utcnow()
-        lease = now + timedelta(seconds=self._ctx.settings.stream_lease_s)
         streaming = status == "streaming"
+        insert = messages.insert()
+        if streaming:
+            insert = insert.values(lease_expires_at=self._lease_until())
         with self._db.write() as conn:
             seq = conn.execute(_CONV_BUMP, {**self._conv_key(conv_id), "b_now": now}
                                ).scalar_one_or_none()
@@ -224,12 +261,10 @@ class ConversationStore:
                    "seq": seq, "role": role, "author": author,
                    "content": "" if streaming else content, "metadata": metadata or {},
                    "status": status, "last_chunk_seq": 0,
-                   "writer": writer if streaming else None,
-                   "lease_expires_at": lease if streaming else None, "created_at": now,
+                   "writer": writer if streaming else None, "created_at": now,
                    "completed_at": None if streaming else now}
-            conn.execute(messages.insert(), row)
-        return Message(**{k: v for k, v in row.items()
-                          if k not in ("owner_id", "writer", "lease_expires_at")})
+            conn.execute(insert, row)
+        return Message(**{k: v for k, v in row.items() if k not in ("owner_id", "writer")})
 
     def append(self, conv_id: str, role: str, content: str, author: str | None = None,
                metadata: dict[str, Any] | None = None) -> Message:
@@ -240,11 +275,32 @@ class ConversationStore:
                       metadata: dict[str, Any] | None = None) -> Message:
         """Open a ``streaming`` message whose chunks the caller will send.
 
-        The lease is renewed by every chunk; if none comes within
-        ``stream_lease_s`` the sweep marks the message ``interrupted``.
+        The caller (e.g. an HTTP client) is the writer, not this process: the
+        lease alone keeps the message alive, renewed by every chunk and by
+        ``heartbeat``; if neither comes within ``stream_lease_s`` the sweep marks
+        the message ``interrupted``.
         """
-        return self._insert_message(conv_id, role, "", author, metadata, "streaming",
-                                    writer=self._ctx.writer_id)
+        return self._insert_message(conv_id, role, "", author, metadata, "streaming")
+
+    def heartbeat(self, message_id: str) -> StreamLease:
+        """Renew the lease of a streaming message without sending a chunk.
+
+        Raises:
+            NotFound: no such message of this owner.
+            Conflict: the message no longer streams.
+        """
+        with self._db.write() as conn:
+            lease = conn.execute(_MSG_HEARTBEAT.values(lease_expires_at=self._lease_until()),
+                                 self._msg_key(message_id)).scalar_one_or_none()
+            if lease is None:
+                status = conn.execute(_MSG_STATUS, self._msg_key(message_id)).scalar_one_or_none()
+                if status is None:
+                    raise NotFound(f"message {message_id!r} not found")
+                raise Conflict(f"message is {status}; it no longer streams")
+        return StreamLease(message_id=message_id, status="streaming", lease_expires_at=lease)
+
+    def _lease_until(self) -> sa.ColumnElement[datetime]:
+        return self._db.backend.lease_until(self._ctx.settings.stream_lease_s)
 
     def stream(self, conv_id: str, role: str = "assistant", author: str | None = None,
                metadata: dict[str, Any] | None = None) -> Reply:
@@ -256,7 +312,9 @@ class ConversationStore:
                     reply.write(delta)
         """
         from .streaming import Reply
-        message = self.start_message(conv_id, role, author, metadata)
+        # This process writes it: if it dies, the sweep of its host sees so at once.
+        message = self._insert_message(conv_id, role, "", author, metadata, "streaming",
+                                       writer=self._ctx.writer_id)
         return Reply(self._ctx, self._owner, message)
 
     def _message_row(self, conn: Connection, message_id: str, lock: bool = False) -> Any:
@@ -303,20 +361,22 @@ class ConversationStore:
             raise Invalid("give at most one of before, after and cursor", field="cursor")
         key = self._conv_key(conv_id)
         with self._db.read() as conn:
-            direction, pivot = "a", 0
+            direction, pivot, last_page = "a", 0, False
             if cursor is not None:
-                value = decode_cursor(cursor)
-                if not (isinstance(value, list) and len(value) == 2 and value[0] in ("a", "b")
-                        and isinstance(value[1], int)):
-                    raise Invalid("malformed cursor", field="cursor")
-                direction, pivot = value
+                direction, pivot = _message_cursor(cursor)
             elif before is not None or after is not None:
                 ref = before if before is not None else after
                 field = "before" if before is not None else "after"
                 assert ref is not None
-                if ref.isdigit():  # a position (message seq) rather than a message id
-                    pivot = int(ref)
+                if not isinstance(ref, str):
+                    raise Invalid(f"{field} must be a message id or position", field=field)
+                if ref.isascii() and ref.isdigit():  # a position (seq), not a message id
+                    position = _position(ref)
+                    # past the end: after it nothing; before it, the last page
+                    pivot = INT32_MAX if position is None else position
+                    last_page = position is None and field == "before"
                 else:
+                    check_text(ref, field)
                     found = conn.execute(_MSG_SEQ_OF, {**key, "message_id": ref}
                                          ).scalar_one_or_none()
                     if found is None:
@@ -324,7 +384,7 @@ class ConversationStore:
                         raise NotFound(f"message {ref!r} not found in this conversation")
                     pivot = int(found)
                 direction = "b" if field == "before" else "a"
-            query = _MSGS_AFTER if direction == "a" else _MSGS_BEFORE
+            query = _MSGS_AFTER if direction == "a" else _MSGS_LAST if last_page else _MSGS_BEFORE
             rows = conn.execute(query, {**key, "pivot": pivot, "lim": limit + 1}).all()
             if not rows:  # an empty page: of an empty conversation, or of none at all?
                 self._require_conversation(conn, conv_id)
@@ -390,9 +450,9 @@ class ConversationStore:
                     raise Conflict(f"chunk {seq} would leave a gap after chunk {last}")
             if new:
                 conn.execute(message_chunks.insert(), new)
-            lease = now + timedelta(seconds=self._ctx.settings.stream_lease_s)
-            conn.execute(_MSG_AFTER_CHUNKS, {**self._msg_key(message_id), "b_last": last,
-                                             "b_writer": self._ctx.writer_id, "b_lease": lease})
+            conn.execute(_MSG_AFTER_CHUNKS.values(last_chunk_seq=last,
+                                                  lease_expires_at=self._lease_until()),
+                         self._msg_key(message_id))
         for chunk in new:
             self._ctx.hub.publish(message_id, {"type": "chunk", "seq": chunk["seq"],
                                                  "text": chunk["text"]})

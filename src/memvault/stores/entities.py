@@ -14,7 +14,7 @@ from ..ids import new_id, utcnow
 from ..models import Entity, Page
 from ._context import StoreContext
 from ._paging import DEFAULT_LIMIT, keyset_page
-from ._text import check_text
+from ._text import check_json, check_text
 from .files import release_entity_documents
 
 __all__ = ["EntityStore", "ENTITY_ID_PATTERN", "UNSET"]
@@ -33,6 +33,9 @@ _KEY = sa.and_(entities.c.owner_id == sa.bindparam("owner"),
                entities.c.entity_id == sa.bindparam("b_entity_id"))
 _GET = sa.select(*_COLUMNS).where(_KEY)
 _EXISTS = sa.select(entities.c.row_id).where(_KEY)
+# Locks the entity row before any blob row: the order an upload takes them in
+# (entity count, then blob upsert), so a delete and an upload never deadlock.
+_LOCK = _EXISTS.with_for_update()
 _DELETE = entities.delete().where(_KEY)
 _LIST = sa.select(*_COLUMNS).where(entities.c.owner_id == sa.bindparam("owner"))
 _COUNT = sa.select(sa.func.count()).select_from(entities).where(
@@ -85,6 +88,8 @@ class EntityStore:
         check_text(entity_name, "entity_name")
         if description is not None:
             check_text(description, "description")
+        if metadata is not None:
+            check_json(metadata, "metadata")
         entity_id = check_entity_id(entity_id) if entity_id is not None else new_id()
         now = utcnow()
         row = {"owner_id": self._owner, "entity_id": entity_id, "row_id": new_id(),
@@ -127,7 +132,7 @@ class EntityStore:
             values["description"] = description if description is None else check_text(
                 description, "description")
         if metadata is not UNSET:
-            values["metadata"] = metadata or {}
+            values["metadata"] = check_json(metadata or {}, "metadata")
         statement = _update_statement(tuple(f for f in _UPDATE_FIELDS if f in values))
         params = {f"v_{k}": v for k, v in values.items()}
         with self._db.write() as conn:
@@ -140,7 +145,7 @@ class EntityStore:
     def delete(self, entity_id: str) -> None:
         """Delete the entity with its files and conversations."""
         with self._db.write() as conn:
-            if conn.execute(_EXISTS, self._key(entity_id)).first() is None:
+            if conn.execute(_LOCK, self._key(entity_id)).first() is None:
                 raise NotFound(f"entity {entity_id!r} not found")
             release_entity_documents(self._ctx, conn, self._owner, entity_id)
             # Conversations, their messages and chunks go by ON DELETE CASCADE.
