@@ -7,6 +7,7 @@ factory, never through import-time globals.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .errors import ConfigError
 
 __all__ = ["Settings", "load_settings", "revalidate"]
+
+# S3 bucket names: 3-63 lower-case letters, digits, dots and hyphens.
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 def _is_loopback(host: str) -> bool:
@@ -42,6 +46,13 @@ class Settings(BaseSettings):
     max_body_kb: int = Field(4096, ge=16, description="limit for JSON request bodies")
     token_ttl_hours: int = Field(720, ge=1)
     password_hash: Literal["rfc9106", "owasp"] = "rfc9106"
+    #: Password hashes computed at once per process (each takes the profile's memory).
+    max_concurrent_hashes: int = Field(4, ge=1, le=1024)
+    #: How long a register/login waits for a hashing slot before a 503.
+    hash_wait_ms: int = Field(1000, ge=0, le=60_000)
+    login_max_failures_per_account: int = Field(10, ge=1)
+    login_max_failures_per_address: int = Field(100, ge=1)
+    login_failure_window_s: int = Field(900, ge=1)
     stream_bundle_tokens: int = Field(20, ge=1)
     persist_chunk_tokens: int = Field(60, ge=1)
     persist_interval_ms: int = Field(200, ge=1)
@@ -49,6 +60,11 @@ class Settings(BaseSettings):
     max_chunk_chars: int = Field(65536, ge=1, description="largest text of one stored chunk")
     log_json: bool = False
     log_level: str = "INFO"
+    #: Where file bytes live: ``file`` (under the data dir), ``database`` or
+    #: ``s3://bucket/prefix``; replicas need ``database`` or ``s3://``.
+    blob_store: str = "file"
+    #: An S3-compatible endpoint other than AWS (credentials: the AWS variables).
+    s3_endpoint_url: str | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -58,6 +74,26 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite://", "sqlite+pysqlite://", "postgresql://",
                                  "postgres://", "postgresql+psycopg://")):
             raise ValueError("must start with sqlite:// or postgresql://")
+        return value
+
+    @field_validator("blob_store")
+    @classmethod
+    def _check_blob_store(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("file", "database"):
+            return value
+        bucket = value.removeprefix("s3://").partition("/")[0]
+        if value.startswith("s3://") and _S3_BUCKET.match(bucket):
+            return value
+        raise ValueError("must be file, database or s3://bucket/prefix")
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
         return value
 
     @model_validator(mode="after")

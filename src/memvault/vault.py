@@ -1,11 +1,10 @@
 """``open()``: choose the backend by URL, migrate, and wire blobs, live fan-out,
-the chunk writer and the stream sweeper into one ``Vault``."""
+the chunk writer and the background components into one ``Vault``."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +14,15 @@ import structlog
 from .backends import backend_for
 from .backends.base import Database
 from .backends.migrate import upgrade
-from .backends.schema import conversations, documents, entities, message_chunks, messages, users
-from .blobs import BlobStore
+from .background import Background, ComponentStats
+from .blobs import BlobStore, open_blob_store
 from .errors import MemvaultError, Unavailable
+from .kinds import kinds
 from .live import LocalHub
 from .scope import Scope
 from .settings import Settings, load_settings, revalidate
 from .stores._context import StoreContext
+from .stores.files import collect_garbage
 from .stores.streaming import (
     ChunkWriter,
     interrupt_message,
@@ -34,8 +35,7 @@ from .stores.users import UserStore
 __all__ = ["Vault", "open"]
 
 log = structlog.get_logger(__name__)
-_COUNTED = {"users": users, "entities": entities, "documents": documents,
-            "conversations": conversations, "messages": messages, "chunks": message_chunks}
+BLOB_COLLECT_INTERVAL_S = 300.0
 
 
 def _make_private_dir(path: Path) -> None:
@@ -49,34 +49,56 @@ class Vault:
     """Everything memvault keeps. Reach a user's records through ``for_user``."""
 
     def __init__(self, settings: Settings, *, sweep: bool = True) -> None:
+        """Open the vault described by ``settings``.
+
+        Args:
+            sweep: run the background components (stream sweeper, …) until
+                ``close()``; one-shot tools such as the CLI pass ``False`` and
+                get one pass of each start-up task only.
+        """
         self.settings = settings
         _make_private_dir(settings.data_dir)
         backend = backend_for(settings)
         engine = backend.create_engine()
         self.db = Database(engine, backend)
         try:
+            # upgrade() says "cannot reach the database" only when it could not;
+            # a failed migration is a MigrationFailed naming its revision.
             before, after = upgrade(self.db)
-        except sa.exc.OperationalError as exc:
+            self.facts: dict[str, Any] = backend.after_migrate(engine)
+        except sa.exc.OperationalError as exc:  # after_migrate's connection
             self.db.close()
             raise Unavailable(f"cannot reach the database: {exc.orig}") from exc
-        self.facts: dict[str, Any] = backend.after_migrate(engine)
+        except BaseException:
+            self.db.close()
+            raise
         if before != after:
             log.info("schema migrated", before=before, after=after)
-        self.blobs = BlobStore(settings.data_dir / "blobs", fsync=settings.durability == "full")
-        self.blobs.clean_tmp()
-        self.users = UserStore(self.db, settings.token_ttl_hours, settings.password_hash)
+        try:
+            self.blobs: BlobStore = open_blob_store(settings, self.db)
+        except BaseException:
+            self.db.close()
+            raise
+        self.users = UserStore(self.db, settings)
         self.hub = LocalHub()
         self.writer_id = writer_identity()
-        self.chunk_writer = ChunkWriter(self.db, self.hub, settings)
+        self.chunk_writer = ChunkWriter(self.db, self.hub, settings, self.writer_id)
         self.ctx = StoreContext(db=self.db, blobs=self.blobs, hub=self.hub, settings=settings,
                                 writer_id=self.writer_id, streams=self.chunk_writer)
-        self._stop = threading.Event()
-        self._sweeper: threading.Thread | None = None
-        self.sweep(check_dead_writers=True)
+        self.background = Background()
+        self.background.register(
+            "stream-sweeper", max(0.2, min(settings.stream_lease_s / 3, 10.0)),
+            lambda: self.sweep(check_dead_writers=True))
+        self.background.register("stream-keeper", self.chunk_writer.housekeeping_interval_s,
+                                 self.chunk_writer.housekeeping)
+        # What a crash left behind: refcount-0 blobs and stale temp files,
+        # collected now and then every few minutes (a full scan of the store for
+        # bytes no row references is `verify`'s job, not a periodic one).
+        self.background.register("blob-collector", BLOB_COLLECT_INTERVAL_S, self.collect_blobs)
+        self.background.run_now("blob-collector")
+        self.background.run_now("stream-sweeper")
         if sweep:
-            self._sweeper = threading.Thread(target=self._sweep_loop, name="memvault-sweeper",
-                                             daemon=True)
-            self._sweeper.start()
+            self.background.start()
 
     @property
     def backend(self) -> str:
@@ -97,18 +119,30 @@ class Vault:
             self.hub.publish(message_id, {"type": "done", "status": "interrupted"})
         return sweep_interrupted(self.db, check_dead_writers, announce)
 
-    def _sweep_loop(self) -> None:
-        every = max(0.2, min(self.settings.stream_lease_s / 3, 10.0))
-        while not self._stop.wait(every):
-            try:
-                self.sweep(check_dead_writers=True)
-            except MemvaultError:
-                log.warning("stream sweep failed; will retry", exc_info=True)
+    def collect_blobs(self, full: bool = False) -> int:
+        """Remove unreferenced blobs and stale temp files (``full``: also bytes
+        no row references, scanning the whole blob store); returns blobs removed.
+        Safe at any time, from every replica (a background component)."""
+        return collect_garbage(self.db, self.blobs, full=full)
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, exact: bool = True) -> dict[str, int]:
+        """Records per kind (see ``kinds.py``).
+
+        Args:
+            exact: count every row (O(rows): for ``memvault stats``); ``False``
+                reads the database's cheap estimates (start-up log, metrics).
+        """
+        backend = self.db.backend
         with self.db.read() as conn:
-            return {name: int(conn.execute(sa.select(sa.func.count()).select_from(table))
-                              .scalar_one()) for name, table in _COUNTED.items()}
+            if exact:
+                return {k.name: int(conn.execute(sa.select(sa.func.count())
+                                                 .select_from(k.table)).scalar_one())
+                        for k in kinds()}
+            return {k.name: backend.estimate_rows(conn, k.table) for k in kinds()}
+
+    def component_stats(self) -> dict[str, ComponentStats]:
+        """Runs, failures and the last error of each background component."""
+        return self.background.stats()
 
     def ping(self) -> None:
         """Raise ``Unavailable`` unless the database answers."""
@@ -124,9 +158,7 @@ class Vault:
 
     def close(self) -> None:
         """Stop background work; streams still open in this process end ``interrupted``."""
-        self._stop.set()
-        if self._sweeper is not None:
-            self._sweeper.join()
+        self.background.stop()
         for reply in self.chunk_writer.active():
             with contextlib.suppress(MemvaultError):
                 reply.flush()
@@ -137,6 +169,7 @@ class Vault:
             release_writer(self.db, self.writer_id)
         except MemvaultError:
             log.warning("could not release stream claims", exc_info=True)
+        self.blobs.close()
         self.db.close()
 
     def __enter__(self) -> Vault:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,20 +13,15 @@ from ..errors import MemvaultError
 from ..logs import configure_logging
 from ..settings import Settings, load_settings
 from ..vault import Vault
+from .hosts import LoopbackOnlyMiddleware
 from .limits import BodyLimitMiddleware
 from .problems import install_handlers
-from .routes import auth, chat, conversations, entities, files, messages, system
+from .requests import NulGuardMiddleware, RequestIdMiddleware
+from .routes import auth, conversations, entities, files, messages, sessions, system
 
 __all__ = ["create_app"]
 
 log = structlog.get_logger(__name__)
-
-
-def _log_counts(vault: Vault) -> None:
-    try:
-        log.info("record counts", **vault.counts())
-    except MemvaultError:
-        log.warning("could not count records", exc_info=True)
 
 
 def create_app(settings: Settings | None = None, vault: Vault | None = None) -> FastAPI:
@@ -41,6 +35,8 @@ def create_app(settings: Settings | None = None, vault: Vault | None = None) -> 
     if vault is not None:
         settings = vault.settings
     settings = settings or load_settings()
+    if not structlog.is_configured():  # embedded apps log without secrets or locals too
+        configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,9 +47,10 @@ def create_app(settings: Settings | None = None, vault: Vault | None = None) -> 
             log.info("memvault started", backend=v.backend, database=v.describe(),
                      data_dir=str(settings.data_dir.resolve()), auth=settings.auth,
                      durability=settings.durability)
-            # Counting is O(rows): done beside start-up so that it does not grow with the data.
-            threading.Thread(target=_log_counts, args=(v,), name="memvault-counts",
-                             daemon=True).start()
+            try:  # the database's estimates: start-up time does not grow with the data
+                log.info("record counts (estimated)", **v.counts(exact=False))
+            except MemvaultError:
+                log.warning("could not estimate record counts", exc_info=True)
         try:
             yield
         finally:
@@ -64,8 +61,13 @@ def create_app(settings: Settings | None = None, vault: Vault | None = None) -> 
                   description="Durable memory for AI applications.")
     app.add_middleware(BodyLimitMiddleware, max_upload=settings.max_upload_mb << 20,
                        max_body=settings.max_body_kb << 10)
+    app.add_middleware(NulGuardMiddleware)
+    if settings.auth == "disabled":  # added last: the outermost check
+        app.add_middleware(LoopbackOnlyMiddleware)
+    # Outside every check, so that each response (a 413, a 403 too) has an X-Request-ID.
+    app.add_middleware(RequestIdMiddleware)
     install_handlers(app)
-    for module in (system, auth, entities, files, conversations, messages, chat):
+    for module in (system, auth, entities, files, conversations, messages, sessions):
         app.include_router(module.router)
     return app
 

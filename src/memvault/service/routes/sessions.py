@@ -1,4 +1,7 @@
-"""Seed 000's chat-session paths, on the same conversations (``session_id`` = id)."""
+"""Seed 000's chat-session paths over the same conversations (``session_id`` = id).
+
+``/api/chat`` (answers from an entity's documents) will live in ``chat.py``, beside it.
+"""
 
 from __future__ import annotations
 
