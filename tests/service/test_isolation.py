@@ -38,6 +38,7 @@ def test_second_user_gets_404_everywhere(client: TestClient, auth: dict[str, str
         ("POST", "/api/conversations", {"entity_id": "mine"}),
         ("GET", f"/api/messages/{mid}", None),
         ("POST", f"/api/messages/{mid}/chunks", {"seq": 2, "text": "z"}),
+        ("POST", f"/api/messages/{mid}/heartbeat", None),
         ("POST", f"/api/messages/{mid}/complete", None),
         ("GET", f"/api/messages/{mid}/stream", None),
         ("GET", f"/api/chat/sessions/{cid}", None),
