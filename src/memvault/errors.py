@@ -4,6 +4,8 @@
     ├── ConfigError          (500, config_error)   bad setting; stops start-up
     │   └── MigrationFailed  (500, migration_failed)  rolled back; names the revision
     ├── Invalid              (422, invalid)        bad input; names the field
+    │   └── ExtractionError  (422, unreadable_file)  no text could be read from a file
+    │       └── UnsupportedFile (422, unsupported_file)  a file type memvault cannot read
     ├── Unauthorized         (401, unauthorized)
     ├── NotFound             (404, not_found)      also for other users' records
     ├── Conflict             (409, conflict)
@@ -20,7 +22,8 @@ from __future__ import annotations
 
 __all__ = [
     "MemvaultError", "ConfigError", "MigrationFailed", "Invalid", "Unauthorized", "NotFound",
-    "Conflict", "PayloadTooLarge", "TooManyRequests", "Unavailable",
+    "Conflict", "PayloadTooLarge", "TooManyRequests", "Unavailable", "ExtractionError",
+    "UnsupportedFile",
 ]
 
 
@@ -51,6 +54,18 @@ class MigrationFailed(ConfigError):
 
 class Invalid(MemvaultError):
     status, code, title = 422, "invalid", "Invalid input"
+
+
+class ExtractionError(Invalid):
+    """A file's text could not be read (corrupt, encrypted, too large once extracted)."""
+
+    status, code, title = 422, "unreadable_file", "File could not be read"
+
+
+class UnsupportedFile(ExtractionError):
+    """A file type that memvault does not extract text from (images, archives, …)."""
+
+    status, code, title = 422, "unsupported_file", "Unsupported file type"
 
 
 class Unauthorized(MemvaultError):
