@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -65,6 +65,17 @@ class Settings(BaseSettings):
     blob_store: str = "file"
     #: An S3-compatible endpoint other than AWS (credentials: the AWS variables).
     s3_endpoint_url: str | None = None
+    #: Target size of a document chunk, in the embedder's tokens.
+    chunk_tokens: int = Field(256, ge=1, le=100_000)
+    #: Tokens shared by consecutive chunks (smaller than ``chunk_tokens``).
+    chunk_overlap: int = Field(32, ge=0)
+    #: What turns text into vectors: ``local`` (all-MiniLM-L6-v2, offline), ``openai``
+    #: (an OpenAI-compatible endpoint) or ``hash`` (no model; poor semantic quality).
+    embedder: Literal["local", "openai", "hash"] = "local"
+    #: The endpoint's full address (``…/v1/embeddings``) for ``embedder=openai``.
+    embeddings_url: str | None = None
+    embeddings_model: str = "text-embedding-3-small"
+    embeddings_api_key: SecretStr | None = None
 
     @field_validator("database_url")
     @classmethod
@@ -87,7 +98,7 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be file, database or s3://bucket/prefix")
 
-    @field_validator("s3_endpoint_url")
+    @field_validator("s3_endpoint_url", "embeddings_url")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
         if value is None or value == "":
@@ -101,6 +112,20 @@ class Settings(BaseSettings):
         if self.auth == "disabled" and not _is_loopback(self.host):
             raise ValueError("MEMVAULT_AUTH=disabled is only accepted when MEMVAULT_HOST is a "
                              "loopback address")
+        return self
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> Settings:
+        if self.embedder == "openai" and not self.embeddings_url:
+            raise ValueError("MEMVAULT_EMBEDDER=openai needs MEMVAULT_EMBEDDINGS_URL (the "
+                             "endpoint's full address, e.g. https://api.openai.com/v1/embeddings)")
+        return self
+
+    @model_validator(mode="after")
+    def _overlap_below_chunk_size(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(f"MEMVAULT_CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller "
+                             f"than MEMVAULT_CHUNK_TOKENS ({self.chunk_tokens})")
         return self
 
     @property
