@@ -49,6 +49,8 @@ class _Component:
     stats: ComponentStats
     thread: threading.Thread | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Set by ``wake()`` (and by ``stop()``) to end the wait before a run early.
+    wakeup: threading.Event = field(default_factory=threading.Event)
 
 
 class Background:
@@ -83,6 +85,14 @@ class Background:
         """
         return self._run(self._components[name])
 
+    def wake(self, name: str) -> None:
+        """Run component ``name`` as soon as its thread is free, without waiting
+        for the rest of its interval (e.g. the job runner after a local enqueue).
+        Does nothing for an unknown component or before ``start()``."""
+        component = self._components.get(name)
+        if component is not None:
+            component.wakeup.set()
+
     def start(self) -> None:
         if self._started:
             return
@@ -93,6 +103,8 @@ class Background:
     def stop(self) -> None:
         """Ask every component to stop and wait for runs in progress."""
         self._stop.set()
+        for component in self._components.values():
+            component.wakeup.set()
         for component in self._components.values():
             if component.thread is not None:
                 component.thread.join()
@@ -113,7 +125,11 @@ class Background:
 
     def _loop(self, component: _Component) -> None:
         delay = component.interval_s
-        while not self._stop.wait(delay):
+        while True:
+            component.wakeup.wait(delay)
+            component.wakeup.clear()
+            if self._stop.is_set():
+                break
             ok = self._run(component)
             failures = component.stats.consecutive_failures
             delay = (component.interval_s if ok

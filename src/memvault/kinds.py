@@ -133,6 +133,16 @@ KINDS: tuple[Kind, ...] = (
          description="messages of conversations"),
     Kind("message_chunks", schema.message_chunks, ("owner_id", "message_id", "seq"),
          owner="owner_id", description="chunks of messages saved while they streamed"),
+    # Derived data (re-created by embedding the texts again): not exported, and
+    # owned by no one, since it holds vectors and never who asked for them.
+    Kind("embedding_cache", schema.embedding_cache, ("model_id", "text_sha256"), owner=None,
+         portable=False, description="cached embedding vectors, keyed by model and text sha256"),
+    # Operational state, like auth_failures: a job names the process holding its
+    # lease, and what it would do is derivable from the records it serves (a
+    # document still ``pending`` after an import is enqueued again), so jobs are
+    # not exported; forget-user still removes a user's jobs through owner_id.
+    Kind("jobs", schema.jobs, ("id",), owner="owner_id", portable=False,
+         description="background jobs (durable queue, with a bounded history)"),
 )
 
 _BY_NAME = {k.name: k for k in KINDS}

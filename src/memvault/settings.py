@@ -76,6 +76,18 @@ class Settings(BaseSettings):
     embeddings_url: str | None = None
     embeddings_model: str = "text-embedding-3-small"
     embeddings_api_key: SecretStr | None = None
+    #: Threads per process running background jobs (indexing, …).
+    job_workers: int = Field(1, ge=1, le=64)
+    #: How long a claimed job stays claimed without a heartbeat; a worker that
+    #: dies (kill -9) gives its job up to any other process after this.
+    job_lease_s: float = Field(60, gt=0)
+    #: First retry delay of a failed job, doubled per attempt (capped at an hour).
+    job_retry_s: float = Field(5, ge=0)
+    #: Finished (done or failed) jobs are kept this long, then deleted.
+    job_retention_h: float = Field(24, ge=0)
+    #: Bound of the embedding cache (vectors keyed by model and text sha256, in
+    #: the database), in MiB; least recently used vectors are evicted past it.
+    embed_cache_mb: int = Field(256, ge=0, le=1_000_000)
 
     @field_validator("database_url")
     @classmethod

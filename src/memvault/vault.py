@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,11 @@ from .backends.migrate import upgrade
 from .background import Background, ComponentStats
 from .blobs import BlobStore, open_blob_store
 from .errors import MemvaultError, Unavailable
+from .jobs import JobQueue
 from .kinds import kinds
 from .live import LocalHub
+from .retrieval.embed_cache import CachedEmbedder, EmbeddingCache
+from .retrieval.embedders import make_embedder
 from .scope import Scope
 from .settings import Settings, load_settings, revalidate
 from .stores._context import StoreContext
@@ -36,6 +40,8 @@ __all__ = ["Vault", "open"]
 
 log = structlog.get_logger(__name__)
 BLOB_COLLECT_INTERVAL_S = 300.0
+#: How often the embedding cache's size is checked (free unless past the bound).
+EMBED_CACHE_CHECK_INTERVAL_S = 5.0
 
 
 def _make_private_dir(path: Path) -> None:
@@ -95,6 +101,17 @@ class Vault:
         # collected now and then every few minutes (a full scan of the store for
         # bytes no row references is `verify`'s job, not a periodic one).
         self.background.register("blob-collector", BLOB_COLLECT_INTERVAL_S, self.collect_blobs)
+        # The durable job queue: runners ("job-runner", …) and "job-keeper" are
+        # background components; features register handlers on ``self.jobs``.
+        self.jobs = JobQueue(self.db, settings, self.writer_id, self.background)
+        # The embedding cache is a table shared by every process; each keeps it
+        # within MEMVAULT_EMBED_CACHE_MB. The embedder itself is built on first
+        # use (``self.embedder``): loading a model must not slow the start.
+        self.embed_cache = EmbeddingCache(self.db, settings.embed_cache_mb * 1024 * 1024)
+        self._embedder: CachedEmbedder | None = None
+        self._embedder_lock = threading.Lock()
+        self.background.register("embed-cache-eviction", EMBED_CACHE_CHECK_INTERVAL_S,
+                                 self.embed_cache.maintain)
         self.background.run_now("blob-collector")
         self.background.run_now("stream-sweeper")
         if sweep:
@@ -103,6 +120,23 @@ class Vault:
     @property
     def backend(self) -> str:
         return self.db.backend.name
+
+    @property
+    def embedder(self) -> CachedEmbedder:
+        """The vault's embedder (``MEMVAULT_EMBEDDER``) behind the embedding
+        cache, built on first use.
+
+        Raises:
+            ConfigError: the embedder cannot be built (e.g. the local model is missing).
+        """
+        embedder = self._embedder
+        if embedder is None:
+            with self._embedder_lock:
+                if self._embedder is None:
+                    self._embedder = CachedEmbedder(make_embedder(self.settings),
+                                                    self.embed_cache)
+                embedder = self._embedder
+        return embedder
 
     def require_vector(self, feature: str) -> None:
         """Refuse, with a clear message, a feature that needs pgvector on a
@@ -158,6 +192,7 @@ class Vault:
 
     def close(self) -> None:
         """Stop background work; streams still open in this process end ``interrupted``."""
+        self.jobs.close()
         self.background.stop()
         for reply in self.chunk_writer.active():
             with contextlib.suppress(MemvaultError):
@@ -165,6 +200,10 @@ class Vault:
             interrupt_message(self.db, reply.owner_id, reply.message_id)
             self.hub.publish(reply.message_id, {"type": "done", "status": "interrupted"})
         self.chunk_writer.close()
+        if self._embedder is not None:  # an HTTP embedder holds a connection pool
+            close = getattr(self._embedder.embedder, "close", None)
+            if callable(close):
+                close()
         try:
             release_writer(self.db, self.writer_id)
         except MemvaultError:

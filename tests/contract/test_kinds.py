@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from memvault import Vault
 from memvault.backends.schema import metadata
+from memvault.jobs import enqueue
 from memvault.kinds import KINDS, UNREGISTERED_TABLES, kind, kinds
 
 
@@ -42,6 +43,9 @@ def _fill(vault: Vault, user_id: str) -> None:
     scope.conversations.append(conv.id, "user", "héllo ✓", metadata={"k": None})
     msg = scope.conversations.start_message(conv.id)
     scope.conversations.append_chunks(msg.id, [(1, "part one "), (2, "part two")])
+    with vault.db.write() as conn:  # a job of the durable queue (memvault/jobs.py)
+        enqueue(conn, "test.noop", {"entity": "e1", "n": [1, 2.5], "x": None},
+                owner_id=user_id)
 
 
 def test_codec_round_trips_every_kind(vault: Vault, user_id: str) -> None:

@@ -156,6 +156,11 @@ class Backend:
         """``INSERT … ON CONFLICT (keys) DO UPDATE SET set_``."""
         raise NotImplementedError
 
+    def insert_ignore(self, table: sa.Table, keys: Sequence[str]) -> sa.Executable:
+        """``INSERT … ON CONFLICT (keys) DO NOTHING``, to execute with a list of
+        rows: a row whose key another writer inserted first is skipped."""
+        raise NotImplementedError
+
     @contextlib.contextmanager
     def migration_lock(self, engine: Engine) -> Iterator[None]:
         """Serialise migrations across processes starting at once."""

@@ -83,6 +83,9 @@ class PostgresBackend(Backend):
         stmt = pg_insert(table).values(**values)
         return stmt.on_conflict_do_update(index_elements=list(keys), set_=dict(set_))
 
+    def insert_ignore(self, table: sa.Table, keys: Sequence[str]) -> sa.Executable:
+        return pg_insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
     @contextlib.contextmanager
     def migration_lock(self, engine: Engine) -> Iterator[None]:
         with engine.connect() as conn:

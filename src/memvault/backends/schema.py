@@ -16,7 +16,7 @@ from sqlalchemy.dialects.sqlite import DATETIME as SQLITE_DATETIME
 
 __all__ = ["metadata", "users", "auth_tokens", "auth_failures", "entities", "blobs",
            "blob_parts", "documents", "conversations", "messages", "message_chunks",
-           "UTCDateTime", "JSONType"]
+           "embedding_cache", "jobs", "UTCDateTime", "JSONType"]
 
 
 class _SQLiteUTC(SQLITE_DATETIME):
@@ -204,4 +204,46 @@ message_chunks = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.ForeignKeyConstraint(["owner_id", "message_id"], ["messages.owner_id", "messages.id"],
                             ondelete="CASCADE", name="fk_chunks_message"),
+)
+
+# Vectors of texts already embedded, keyed by the model and the text's sha256:
+# shared by every user and entity (it holds vectors, never who asked), bounded
+# in size by evicting the least recently used rows (MEMVAULT_EMBED_CACHE_MB).
+embedding_cache = sa.Table(
+    "embedding_cache", metadata,
+    sa.Column("model_id", sa.String(200), primary_key=True),
+    sa.Column("text_sha256", sa.String(64), primary_key=True),
+    sa.Column("dimensions", sa.Integer, nullable=False),
+    # float32, little-endian, ``dimensions`` values.
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sa.Column("size_bytes", sa.Integer, nullable=False),
+    sa.Column("last_used_at", UTCDateTime, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    # Eviction takes the least recently used rows first: an index range scan.
+    sa.Index("ix_embedding_cache_last_used", "last_used_at"),
+)
+
+# The durable job queue (``memvault/jobs.py``): background work such as indexing
+# an upload, enqueued in the transaction that makes it necessary and claimed by
+# any process of the vault under a lease (a crashed worker's job is taken again
+# once its lease expires). ``owner_id`` is null for vault-wide jobs.
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("owner_id", ID),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("payload", JSONType, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("run_after", UTCDateTime, nullable=False),
+    sa.Column("locked_by", sa.String(200)),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    # Claiming looks for queued jobs due now (and the few running ones whose
+    # lease may have expired): a range scan of this index, never of the history.
+    sa.Index("ix_jobs_claim", "status", "run_after"),
+    sa.Index("ix_jobs_owner_kind", "owner_id", "kind"),
 )

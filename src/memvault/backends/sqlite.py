@@ -105,6 +105,9 @@ class SQLiteBackend(Backend):
         stmt = sqlite_insert(table).values(**values)
         return stmt.on_conflict_do_update(index_elements=list(keys), set_=dict(set_))
 
+    def insert_ignore(self, table: sa.Table, keys: Sequence[str]) -> sa.Executable:
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
     @contextlib.contextmanager
     def migration_lock(self, engine: Engine) -> Iterator[None]:
         lock_path = self.path.with_name(self.path.name + ".migrate.lock")
