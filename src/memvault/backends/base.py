@@ -117,6 +117,15 @@ class Backend:
         """When a lease of ``seconds`` taken now ends, as a SQL expression."""
         return sa.literal(utcnow() + timedelta(seconds=seconds), UTCDateTime())
 
+    def lease_param_expr(self) -> sa.ColumnElement[datetime]:
+        """``lease_until`` with the lease as the bound parameter ``b_lease``:
+        statements built once with it are reused (see ``lease_param``)."""
+        return sa.bindparam("b_lease", type_=UTCDateTime())
+
+    def lease_param(self, seconds: float) -> Any:
+        """The value of ``b_lease`` for a lease of ``seconds`` taken now."""
+        return utcnow() + timedelta(seconds=seconds)
+
     def _raw_lease_until(self, seconds: float) -> tuple[str, Any]:
         """``lease_until`` for raw driver SQL: (fragment with one marker, its value)."""
         return self.placeholder, self.timestamp_param(utcnow() + timedelta(seconds=seconds))
@@ -140,8 +149,8 @@ class Backend:
         for (owner, mid), seq in last.items():
             params += (owner, mid, seq)
         params.append(writer)
-        advanced = {(owner, mid) for owner, mid in conn.exec_driver_sql(
-            _advance_streams_sql(self.placeholder, len(last), lease_sql), tuple(params))}
+        advanced = _returned_pairs(
+            conn, _advance_streams_sql(self.placeholder, len(last), lease_sql), tuple(params))
         rows = [c for c in chunks if (c[0], c[1]) in advanced]
         if rows:
             created = self.timestamp_param(utcnow())
@@ -199,6 +208,22 @@ class Backend:
 
     def describe(self, engine: Engine) -> str:
         return engine.url.render_as_string(hide_password=True)
+
+
+def _returned_pairs(conn: Connection, sql: str, params: tuple[Any, ...]) -> set[tuple[str, str]]:
+    """Run ``sql`` (… RETURNING two columns) on the driver's own cursor, inside
+    ``conn``'s transaction. SQLAlchemy's result set-up for RETURNING cost as much
+    as the statement itself on the per-chunk path; driver errors are translated
+    as SQLAlchemy would, so ``Database.write`` still maps them."""
+    dbapi = conn.dialect.loaded_dbapi
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return {(str(a), str(b)) for a, b in cursor.fetchall()}
+    except dbapi.Error as exc:
+        raise sa_exc.DBAPIError.instance(sql, params, exc, dbapi.Error) from exc
+    finally:
+        cursor.close()
 
 
 class Database:

@@ -69,6 +69,12 @@ class PostgresBackend(Backend):
     def lease_until(self, seconds: float) -> sa.ColumnElement[datetime]:
         return sa.func.now() + sa.literal(timedelta(seconds=seconds), sa.Interval())
 
+    def lease_param_expr(self) -> sa.ColumnElement[datetime]:
+        return sa.func.now() + sa.bindparam("b_lease", type_=sa.Interval())
+
+    def lease_param(self, seconds: float) -> Any:
+        return timedelta(seconds=seconds)
+
     def _raw_lease_until(self, seconds: float) -> tuple[str, Any]:
         return "now() + %s * interval '1 second'", float(seconds)
 

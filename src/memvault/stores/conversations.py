@@ -12,12 +12,12 @@ from __future__ import annotations
 import builtins
 import functools
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..backends.base import Backend
 from ..backends.schema import conversations, message_chunks, messages
 from ..errors import Conflict, Invalid, NotFound, PayloadTooLarge
 from ..ids import INT32_MAX, decode_cursor, encode_cursor, new_id, utcnow
@@ -75,12 +75,32 @@ _MSGS_BEFORE = (sa.select(*_MSG_COLS).where(_MSG_IN_CONV, _M.seq < _bp("pivot"))
 _MSGS_LAST = (sa.select(*_MSG_COLS).where(_MSG_IN_CONV, _M.seq <= _bp("pivot"))
               .order_by(_M.seq.desc()).limit(_bp("lim")))
 _MSG_SEQ_OF = sa.select(_M.seq).where(_MSG_IN_CONV, _M.id == _bp("message_id"))
-# Leases are SQL expressions of the backend (the database's clock on PostgreSQL),
-# added per call. A chunk or heartbeat renews the lease and never claims the
-# message for this process: a client streaming over HTTP is its writer.
+# Leases are SQL expressions of the backend (the database's clock on PostgreSQL)
+# with the lease as a bound parameter, so these statements are built once per
+# backend kind (building one per call doubled the cost of a chunk append). A
+# chunk or heartbeat renews the lease and never claims the message for this
+# process: a client streaming over HTTP is its writer.
 _MSG_AFTER_CHUNKS = messages.update().where(_MSG_KEY)
 _MSG_HEARTBEAT = (messages.update().where(_MSG_KEY, _M.status == "streaming")
                   .returning(_M.lease_expires_at))
+_LEASED: dict[tuple[type[Backend], str], Any] = {}
+
+
+def _leased(backend: Backend, name: str) -> Any:
+    """The statement ``name`` with the backend's lease expression, built once."""
+    key = (type(backend), name)
+    found = _LEASED.get(key)
+    if found is None:
+        lease = backend.lease_param_expr()
+        if name == "after_chunks":
+            found = _MSG_AFTER_CHUNKS.values(last_chunk_seq=_bp("b_last"),
+                                             lease_expires_at=lease)
+        elif name == "heartbeat":
+            found = _MSG_HEARTBEAT.values(lease_expires_at=lease)
+        else:
+            found = messages.insert().values(lease_expires_at=lease)
+        _LEASED[key] = found
+    return found
 _MSG_FINISH = messages.update().where(_MSG_KEY).values(
     status=_bp("b_status"), content=_bp("b_content"), completed_at=_bp("b_now"), writer=None,
     lease_expires_at=None)
@@ -249,9 +269,7 @@ class ConversationStore:
             check_json(metadata, "metadata")
         now = utcnow()
         streaming = status == "streaming"
-        insert = messages.insert()
-        if streaming:
-            insert = insert.values(lease_expires_at=self._lease_until())
+        insert = _leased(self._db.backend, "insert") if streaming else messages.insert()
         with self._db.write() as conn:
             seq = conn.execute(_CONV_BUMP, {**self._conv_key(conv_id), "b_now": now}
                                ).scalar_one_or_none()
@@ -263,7 +281,7 @@ class ConversationStore:
                    "status": status, "last_chunk_seq": 0,
                    "writer": writer if streaming else None, "created_at": now,
                    "completed_at": None if streaming else now}
-            conn.execute(insert, row)
+            conn.execute(insert, {**row, "b_lease": self._lease_param()} if streaming else row)
         return Message(**{k: v for k, v in row.items() if k not in ("owner_id", "writer")})
 
     def append(self, conv_id: str, role: str, content: str, author: str | None = None,
@@ -290,8 +308,9 @@ class ConversationStore:
             Conflict: the message no longer streams.
         """
         with self._db.write() as conn:
-            lease = conn.execute(_MSG_HEARTBEAT.values(lease_expires_at=self._lease_until()),
-                                 self._msg_key(message_id)).scalar_one_or_none()
+            lease = conn.execute(_leased(self._db.backend, "heartbeat"),
+                                 {**self._msg_key(message_id), "b_lease": self._lease_param()}
+                                 ).scalar_one_or_none()
             if lease is None:
                 status = conn.execute(_MSG_STATUS, self._msg_key(message_id)).scalar_one_or_none()
                 if status is None:
@@ -299,8 +318,8 @@ class ConversationStore:
                 raise Conflict(f"message is {status}; it no longer streams")
         return StreamLease(message_id=message_id, status="streaming", lease_expires_at=lease)
 
-    def _lease_until(self) -> sa.ColumnElement[datetime]:
-        return self._db.backend.lease_until(self._ctx.settings.stream_lease_s)
+    def _lease_param(self) -> Any:
+        return self._db.backend.lease_param(self._ctx.settings.stream_lease_s)
 
     def stream(self, conv_id: str, role: str = "assistant", author: str | None = None,
                metadata: dict[str, Any] | None = None) -> Reply:
@@ -450,9 +469,9 @@ class ConversationStore:
                     raise Conflict(f"chunk {seq} would leave a gap after chunk {last}")
             if new:
                 conn.execute(message_chunks.insert(), new)
-            conn.execute(_MSG_AFTER_CHUNKS.values(last_chunk_seq=last,
-                                                  lease_expires_at=self._lease_until()),
-                         self._msg_key(message_id))
+            conn.execute(_leased(self._db.backend, "after_chunks"),
+                         {**self._msg_key(message_id), "b_last": last,
+                          "b_lease": self._lease_param()})
         for chunk in new:
             self._ctx.hub.publish(message_id, {"type": "chunk", "seq": chunk["seq"],
                                                  "text": chunk["text"]})
