@@ -144,6 +144,15 @@ class Server:
         self.stop()
 
 
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Kill ``proc`` if it still runs, wait for it and close its stdout pipe."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def login(client: httpx.Client, email: str, password: str = "password-1") -> dict[str, str]:
     """Register (if new) and log in; returns the Authorization header."""
     client.post("/api/auth/register", json={"email": email, "password": password})

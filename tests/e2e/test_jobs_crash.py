@@ -16,6 +16,7 @@ from memvault import Settings
 from memvault.jobs import DONE, Job
 
 from ..conftest import server_env
+from .server import reap
 
 REPO = Path(__file__).resolve().parents[2]
 KIND = "test.crash"
@@ -42,11 +43,7 @@ def test_a_job_of_a_killed_worker_is_completed_by_another_process(
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        reap(proc)
     assert proc.returncode == -signal.SIGKILL
 
     runs: Counter[str] = Counter()

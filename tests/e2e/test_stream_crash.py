@@ -22,7 +22,7 @@ from memvault import Settings
 from memvault.backends.schema import messages
 
 from ..conftest import server_env
-from .server import Server, login
+from .server import Server, login, reap
 from .streaming_support import (
     assert_gapless,
     create_conversation,
@@ -79,11 +79,7 @@ def _crash_once(settings: Settings, owner: str, conv_id: str, rng: random.Random
         assert proc.stdout is not None
         lines = [first, *acks_read, *proc.stdout.read().splitlines()]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        reap(proc)
     assert proc.returncode == -signal.SIGKILL, errlog.read_text()[-3000:]
     acks = [tuple(map(int, ln.split()[1:])) for ln in lines if ln.startswith("ack ")]
     assert acks and not any(ln.startswith("end ") for ln in lines)
