@@ -94,8 +94,10 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str | None) -> Settings:
+    # The hash embedder: fast and deterministic. Tests about the quality of
+    # retrieval open their vault with embedder="local".
     return memvault.load_settings(data_dir=tmp_path / "data", database_url=database_url,
-                                  password_hash="owasp")
+                                  password_hash="owasp", embedder="hash")
 
 
 @pytest.fixture
@@ -117,6 +119,7 @@ def server_env(settings: Settings, **extra: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMVAULT_")}
     env["MEMVAULT_DATA_DIR"] = str(settings.data_dir)
     env["MEMVAULT_PASSWORD_HASH"] = settings.password_hash
+    env["MEMVAULT_EMBEDDER"] = settings.embedder
     if settings.database_url:
         env["MEMVAULT_DATABASE_URL"] = settings.database_url
     env.update({f"MEMVAULT_{k.upper()}": str(v) for k, v in extra.items()})
@@ -208,4 +211,4 @@ def blob_settings(tmp_path: Path, database_url: str | None, blob_store: str,
                 else None)
     return memvault.load_settings(data_dir=tmp_path / "data", database_url=database_url,
                                   password_hash="owasp", blob_store=blob_store,
-                                  s3_endpoint_url=endpoint)
+                                  s3_endpoint_url=endpoint, embedder="hash")

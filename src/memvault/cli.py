@@ -108,5 +108,33 @@ def stats() -> None:
         out.print(jobs)
 
 
+@app.command()
+def reindex(
+    entity: Annotated[str | None, typer.Option(
+        help="only the entities with this id (of every owner)")] = None,
+) -> None:
+    """Rebuild the vectors of collections embedded with another model than the
+    vault's embedder (MEMVAULT_EMBEDDER) now uses."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from .vault import Vault
+
+    try:
+        vault = Vault(_settings(), sweep=False)
+    except MemvaultError as exc:
+        raise _fail(exc.detail) from None
+    with vault, Progress("[progress.description]{task.description}", BarColumn(),
+                         MofNCompleteColumn(), TimeRemainingColumn(), console=out,
+                         transient=True) as bar:
+        task = bar.add_task("re-embedding chunks", total=None)
+        try:
+            report = vault.reindex(entity, lambda done, total: bar.update(
+                task, completed=done, total=total))
+        except MemvaultError as exc:
+            raise _fail(exc.detail) from None
+    out.print(f"reindexed {report.chunks:,} chunks in {report.collections:,} collections "
+              f"with {report.model_id}")
+
+
 def main() -> None:
     app()

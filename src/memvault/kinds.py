@@ -19,18 +19,26 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from .backends import schema
-from .backends.schema import UTCDateTime
+from .backends.schema import UTCDateTime, VectorType, vector_bytes
 
-__all__ = ["Kind", "KINDS", "kind", "kinds", "UNREGISTERED_TABLES"]
+__all__ = ["Kind", "KINDS", "kind", "kinds", "UNREGISTERED_TABLES", "DERIVED_TABLES"]
 
-#: Tables that hold no records of their own (the migration bookkeeping).
-UNREGISTERED_TABLES = frozenset({"alembic_version"})
+#: Backend-specific tables derived from registered ones (SQLite's FTS5 index of
+#: ``chunks`` and its shadow tables): rebuilt from the records, never exported.
+DERIVED_TABLES = frozenset({"chunks_fts", "chunks_fts_config", "chunks_fts_data",
+                            "chunks_fts_docsize", "chunks_fts_idx"})
+#: Tables that hold no records of their own (the migration bookkeeping and the
+#: derived tables above).
+UNREGISTERED_TABLES = frozenset({"alembic_version"}) | DERIVED_TABLES
 
 
 def _encoder(column: sa.Column[Any]) -> Any:
+    if isinstance(column.type, VectorType):  # float32 little-endian, base64
+        return lambda v: None if v is None else base64.b64encode(vector_bytes(v)).decode()
     if isinstance(column.type, UTCDateTime):
         return lambda v: None if v is None else v.isoformat()
     if isinstance(column.type, sa.LargeBinary):
@@ -39,6 +47,8 @@ def _encoder(column: sa.Column[Any]) -> Any:
 
 
 def _decoder(column: sa.Column[Any]) -> Any:
+    if isinstance(column.type, VectorType):
+        return lambda v: None if v is None else np.frombuffer(base64.b64decode(v), dtype="<f4")
     if isinstance(column.type, UTCDateTime):
         return lambda v: None if v is None else datetime.fromisoformat(v)
     if isinstance(column.type, sa.LargeBinary):
@@ -127,6 +137,31 @@ KINDS: tuple[Kind, ...] = (
          description="bytes of blobs kept in the database (MEMVAULT_BLOB_STORE=database)"),
     Kind("documents", schema.documents, ("owner_id", "doc_id"), owner="owner_id",
          blob="sha256", description="uploaded files of an entity"),
+    Kind("extractions", schema.extractions, ("owner_id", "id"), owner="owner_id",
+         description="structured results extracted from a document"),
+    Kind("annotations", schema.document_annotations, ("owner_id", "id"), owner="owner_id",
+         description="users' notes on a document, optionally on a span of its text"),
+    Kind("graphs", schema.graphs, ("owner_id", "name"), owner="owner_id",
+         description="knowledge graphs, with their node, edge and pattern counts"),
+    Kind("graph_nodes", schema.graph_nodes, ("owner_id", "graph", "id"), owner="owner_id",
+         description="nodes of knowledge graphs"),
+    Kind("graph_edges", schema.graph_edges, ("owner_id", "graph", "src", "dst", "type"),
+         owner="owner_id", description="weighted, typed edges of knowledge graphs"),
+    Kind("graph_patterns", schema.graph_patterns, ("owner_id", "graph", "id"),
+         owner="owner_id", description="patterns of knowledge graphs"),
+    Kind("graph_snapshots", schema.graph_snapshots, ("owner_id", "graph", "id"),
+         owner="owner_id", blob="sha256",
+         description="saved versions of knowledge graphs (the graph in a blob)"),
+    Kind("collections", schema.collections, ("owner_id", "entity_id"), owner="owner_id",
+         description="an entity's searchable collection: the embedding model it was built with"),
+    # ``id`` labels the row in the derived indexes; an import keeps it.
+    Kind("chunks", schema.chunks, ("id",), owner="owner_id",
+         derived=("chunks_fts (SQLite FTS5) / GIN tsvector (PostgreSQL)",
+                  "ANN index files under indexes/ (SQLite) / pgvector HNSW (PostgreSQL)"),
+         description="searchable passages: document chunks and vector records, with vectors"),
+    # What the ANN index files catch up on; derived from deletions, not exported.
+    Kind("chunk_tombstones", schema.chunk_tombstones, ("seq",), owner="owner_id",
+         portable=False, description="deleted chunks, for derived indexes to catch up on"),
     Kind("conversations", schema.conversations, ("owner_id", "id"), owner="owner_id",
          description="chat sessions"),
     Kind("messages", schema.messages, ("owner_id", "id"), owner="owner_id",

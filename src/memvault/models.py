@@ -9,12 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "Page", "User", "Token", "Entity", "Document", "Conversation", "Message", "Chunk",
-    "Role", "MessageStatus", "StreamLease",
+    "Role", "MessageStatus", "StreamLease", "DocumentStatus", "ChunkRecord", "SearchHit",
+    "SearchResults", "SearchMode", "Extraction", "Annotation", "DocumentDetail",
 ]
 
 T = TypeVar("T")
 Role = Literal["user", "assistant", "system", "tool"]
 MessageStatus = Literal["streaming", "complete", "interrupted", "failed"]
+DocumentStatus = Literal["pending", "indexing", "indexed", "failed"]
+SearchMode = Literal["hybrid", "vector", "text"]
 
 
 class _Record(BaseModel):
@@ -59,6 +62,10 @@ class Document(_Record):
     size: int
     sha256: str
     created_at: datetime
+    #: Indexing for search: pending → indexing → indexed | failed (``error`` says why).
+    status: DocumentStatus = "pending"
+    chunk_count: int = 0
+    error: str | None = None
 
 
 class Message(_Record):
@@ -100,3 +107,86 @@ class Chunk(_Record):
     seq: int
     text: str
     created_at: datetime | None = None
+
+
+class ChunkRecord(_Record):
+    """A searchable passage of an entity's collection: a chunk of a document
+    (``doc_id`` set, with its place in the extracted text) or a record the
+    client stored itself (``doc_id`` null)."""
+
+    chunk_id: str
+    entity_id: str
+    doc_id: str | None = None
+    position: int | None = None
+    start: int | None = None
+    end: int | None = None
+    page: int | None = None
+    text: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    #: The model that embedded ``text``; null when the client gave the embedding.
+    model_id: str | None = None
+    dimensions: int
+    created_at: datetime
+
+
+class SearchHit(_Record):
+    chunk_id: str
+    doc_id: str | None = None
+    filename: str | None = None
+    text: str
+    #: Higher is better: cosine similarity (vector), bm25-derived (text), or
+    #: the reciprocal-rank-fusion score (hybrid).
+    score: float
+    position: int | None = None
+    start: int | None = None
+    end: int | None = None
+    page: int | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchResults(_Record):
+    results: list[SearchHit]
+    mode: SearchMode
+    took_ms: float
+
+
+class DocumentDetail(Document):
+    """A document's metadata with what is attached to it (``GET /api/documents/{id}``)."""
+
+    extraction_count: int = 0
+    annotation_count: int = 0
+
+
+class Extraction(_Record):
+    """A structured result read from a document (seed 001), e.g. by a model."""
+
+    # ``schema`` would shadow a (deprecated) BaseModel method: the field is
+    # ``schema_`` in Python and ``schema`` on the wire and in ``model_dump()``.
+    model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+
+    id: str
+    document_id: str
+    schema_: str = Field(alias="schema")
+    data: Any
+    model: str | None = None
+    created_at: datetime
+
+
+class Annotation(_Record):
+    """A user's note on a document, optionally on a span of its text
+    (character offsets ``start`` ≤ ``end``), a page or a chunk."""
+
+    id: str
+    document_id: str
+    label: str
+    note: str | None = None
+    start: int | None = None
+    end: int | None = None
+    page: int | None = None
+    chunk_id: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    #: The id of the user who wrote it.
+    author: str
+    created_at: datetime
+    updated_at: datetime

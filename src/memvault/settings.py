@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     durability: Literal["full", "normal"] = "full"
     auth: Literal["required", "disabled"] = "required"
     max_upload_mb: int = Field(50, ge=1, le=100_000)
+    #: Snapshots kept per knowledge graph (the newest; older ones are released).
+    graph_snapshots_keep: int = Field(20, ge=1, le=100_000)
     max_body_kb: int = Field(4096, ge=16, description="limit for JSON request bodies")
     token_ttl_hours: int = Field(720, ge=1)
     password_hash: Literal["rfc9106", "owasp"] = "rfc9106"
@@ -88,6 +90,24 @@ class Settings(BaseSettings):
     #: Bound of the embedding cache (vectors keyed by model and text sha256, in
     #: the database), in MiB; least recently used vectors are evicted past it.
     embed_cache_mb: int = Field(256, ge=0, le=1_000_000)
+    #: Who answers ``/api/chat``: ``extractive`` (quotes the best passages; no
+    #: model) or ``openai`` (an OpenAI-compatible chat completions endpoint).
+    responder: Literal["extractive", "openai"] = "extractive"
+    #: For ``responder=openai``: the endpoint's base (``…/v1`` or the server's
+    #: root; ``/chat/completions`` is added) or its full address.
+    llm_base_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: SecretStr | None = None
+    #: Prompt budget (system prompt, passages, recent messages), in estimated tokens.
+    llm_context_tokens: int = Field(6000, ge=256, le=10_000_000)
+    #: A reply fails when the model sends no token for this long.
+    llm_timeout_s: float = Field(60, gt=0, le=3600)
+    #: SQLite: a collection with fewer vectors is searched exactly in memory; from
+    #: this many on, by an HNSW graph saved under ``<data_dir>/indexes/``.
+    ann_exact_below: int = Field(20_000, ge=1)
+    #: Longest an upload with ``?wait=true`` waits for its documents to be
+    #: indexed; past it the answer shows them still ``pending``/``indexing``.
+    ingest_wait_s: float = Field(300, gt=0, le=3600)
 
     @field_validator("database_url")
     @classmethod
@@ -110,7 +130,7 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be file, database or s3://bucket/prefix")
 
-    @field_validator("s3_endpoint_url", "embeddings_url")
+    @field_validator("s3_endpoint_url", "embeddings_url", "llm_base_url")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
         if value is None or value == "":
@@ -131,6 +151,13 @@ class Settings(BaseSettings):
         if self.embedder == "openai" and not self.embeddings_url:
             raise ValueError("MEMVAULT_EMBEDDER=openai needs MEMVAULT_EMBEDDINGS_URL (the "
                              "endpoint's full address, e.g. https://api.openai.com/v1/embeddings)")
+        return self
+
+    @model_validator(mode="after")
+    def _openai_responder_needs_url(self) -> Settings:
+        if self.responder == "openai" and not self.llm_base_url:
+            raise ValueError("MEMVAULT_RESPONDER=openai needs MEMVAULT_LLM_BASE_URL (e.g. "
+                             "https://api.openai.com/v1)")
         return self
 
     @model_validator(mode="after")

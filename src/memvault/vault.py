@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import structlog
@@ -23,6 +24,8 @@ from .kinds import kinds
 from .live import LocalHub
 from .retrieval.embed_cache import CachedEmbedder, EmbeddingCache
 from .retrieval.embedders import make_embedder
+from .retrieval.ingest import Ingestor
+from .retrieval.reindex import ReindexReport, reindex
 from .scope import Scope
 from .settings import Settings, load_settings, revalidate
 from .stores._context import StoreContext
@@ -36,12 +39,17 @@ from .stores.streaming import (
 )
 from .stores.users import UserStore
 
+if TYPE_CHECKING:
+    from .retrieval.ann import VectorIndexes
+
 __all__ = ["Vault", "open"]
 
 log = structlog.get_logger(__name__)
 BLOB_COLLECT_INTERVAL_S = 300.0
 #: How often the embedding cache's size is checked (free unless past the bound).
 EMBED_CACHE_CHECK_INTERVAL_S = 5.0
+#: How often documents whose indexing job died for good are looked for.
+INGEST_RECONCILE_INTERVAL_S = 60.0
 
 
 def _make_private_dir(path: Path) -> None:
@@ -89,8 +97,16 @@ class Vault:
         self.hub = LocalHub()
         self.writer_id = writer_identity()
         self.chunk_writer = ChunkWriter(self.db, self.hub, settings, self.writer_id)
+        # Vectors: pgvector indexes them in PostgreSQL; on SQLite each
+        # collection's index is derived from the rows (retrieval/ann.py).
+        self.vectors: VectorIndexes | None = None
+        if not backend.has_vector and backend.name == "sqlite":
+            from .retrieval.ann import VectorIndexes
+            self.vectors = VectorIndexes(self.db, settings.data_dir / "indexes",
+                                         exact_below=settings.ann_exact_below)
         self.ctx = StoreContext(db=self.db, blobs=self.blobs, hub=self.hub, settings=settings,
-                                writer_id=self.writer_id, streams=self.chunk_writer)
+                                writer_id=self.writer_id, streams=self.chunk_writer,
+                                embedder=lambda: self.embedder, vectors=self.vectors)
         self.background = Background()
         self.background.register(
             "stream-sweeper", max(0.2, min(settings.stream_lease_s / 3, 10.0)),
@@ -104,6 +120,11 @@ class Vault:
         # The durable job queue: runners ("job-runner", …) and "job-keeper" are
         # background components; features register handlers on ``self.jobs``.
         self.jobs = JobQueue(self.db, settings, self.writer_id, self.background)
+        # Uploads are indexed for search by "ingest" jobs, in any process.
+        ingestor = Ingestor(self.ctx)
+        ingestor.register(self.jobs)
+        self.background.register("ingest-reconciler", INGEST_RECONCILE_INTERVAL_S,
+                                 ingestor.reconcile)
         # The embedding cache is a table shared by every process; each keeps it
         # within MEMVAULT_EMBED_CACHE_MB. The embedder itself is built on first
         # use (``self.embedder``): loading a model must not slow the start.
@@ -146,6 +167,12 @@ class Vault:
     def for_user(self, user_id: str) -> Scope:
         """The owner-scoped stores: ``.entities``, ``.files``, ``.conversations``."""
         return Scope(self.ctx, user_id)
+
+    def reindex(self, entity_id: str | None = None,
+                progress: Callable[[int, int], None] | None = None) -> ReindexReport:
+        """Re-embed, with the current embedder, every chunk another model
+        embedded (of the entities with id ``entity_id`` only, if given)."""
+        return reindex(self.ctx, entity_id, progress)
 
     def sweep(self, check_dead_writers: bool = False) -> int:
         """Mark abandoned streaming messages ``interrupted`` now."""
@@ -208,6 +235,8 @@ class Vault:
             release_writer(self.db, self.writer_id)
         except MemvaultError:
             log.warning("could not release stream claims", exc_info=True)
+        if self.vectors is not None:
+            self.vectors.close()
         self.blobs.close()
         self.db.close()
 

@@ -60,6 +60,7 @@ def test_failed_delete_commit_keeps_the_bytes(vault: Vault, user_id: str,
     scope = vault.for_user(user_id)
     scope.entities.create("E", entity_id="e")
     doc = scope.files.add("e", "keep.txt", b"precious bytes")
+    scope.files.wait_indexed("e", [doc.doc_id], 30)  # the indexing job commits no more
     fail_next_commit()
     with pytest.raises(CommitFails):
         scope.files.delete("e", doc.doc_id)

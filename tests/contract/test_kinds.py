@@ -4,7 +4,9 @@ real rows of every kind through JSON on both backends."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from memvault import Vault
@@ -38,14 +40,32 @@ def _fill(vault: Vault, user_id: str) -> None:
     scope = vault.for_user(user_id)
     vault.users.issue_token(user_id)
     scope.entities.create("Research", entity_id="e1", metadata={"team": "r&d", "n": [1, 2.5]})
-    scope.files.add("e1", "notes.md", b"# findings\n")
+    doc = scope.files.add("e1", "notes.md", b"# findings\n")
+    scope.extractions.create(doc.doc_id, "summary/v1", {"title": "findings", "n": [1, 2.5]},
+                             model="m1")
+    scope.annotations.create(doc.doc_id, "todo", note="check ✓", start=2, end=10,
+                             data={"k": None})
     conv = scope.conversations.create(title="Plan", entity_id="e1", participants=["a", "b"])
     scope.conversations.append(conv.id, "user", "héllo ✓", metadata={"k": None})
     msg = scope.conversations.start_message(conv.id)
     scope.conversations.append_chunks(msg.id, [(1, "part one "), (2, "part two")])
+    scope.collections.add("e1", [{"id": "r1", "text": "kept", "metadata": {"n": 1.5}},
+                                 {"id": "r2", "text": "deleted"}])
+    scope.collections.delete("e1", ["r2"])  # a tombstone (SQLite's ANN catch-up)
     with vault.db.write() as conn:  # a job of the durable queue (memvault/jobs.py)
         enqueue(conn, "test.noop", {"entity": "e1", "n": [1, 2.5], "x": None},
                 owner_id=user_id)
+    graph = scope.graph("kg")  # a knowledge graph: a node, an edge, a pattern (issue 7)
+    graph.batch(nodes=[{"id": "A", "type": "stock", "data": {"p": 1.5}}],
+                edges=[{"from": "A", "to": "A", "type": "self", "strength": 0.5}],
+                patterns=[{"id": "p1", "type": "T", "match": {"type": "stock"}}])
+    graph.snapshot("v1")  # a snapshot: a row referencing a blob
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    """A row with vectors as lists, so rows compare with ``==``."""
+    return {name: (v.tolist() if isinstance(v, np.ndarray) else v)
+            for name, v in dict(row).items()}
 
 
 def test_codec_round_trips_every_kind(vault: Vault, user_id: str) -> None:
@@ -55,7 +75,7 @@ def test_codec_round_trips_every_kind(vault: Vault, user_id: str) -> None:
         for k in kinds():
             for row in conn.execute(sa.select(k.table)).mappings():
                 encoded = json.loads(json.dumps(k.encode(row)))
-                assert k.decode(encoded) == dict(row), k.name
+                assert _plain(k.decode(encoded)) == _plain(row), k.name
                 seen += 1
     assert seen >= 8
 
@@ -68,6 +88,8 @@ def test_owner_condition_selects_only_that_users_records(vault: Vault, user_id: 
         for k in kinds():
             if k.owner is None:
                 continue
+            if k.name == "chunk_tombstones" and vault.backend == "postgresql":
+                continue  # written on SQLite only, for its derived ANN index files
             mine = conn.execute(sa.select(sa.func.count()).select_from(k.table)
                                 .where(k.owned_by(user_id))).scalar_one()
             total = conn.execute(sa.select(sa.func.count()).select_from(k.table)).scalar_one()

@@ -19,6 +19,16 @@ def test_second_user_gets_404_everywhere(client: TestClient, auth: dict[str, str
     mid = client.post(f"/api/conversations/{cid}/messages", headers=auth,
                       json={"role": "assistant", "status": "streaming"}).json()["id"]
     client.post(f"/api/messages/{mid}/chunks", headers=auth, json={"seq": 1, "text": "x"})
+    client.post("/api/entities/mine/chunks", headers=auth,
+                json={"items": [{"id": "rec", "text": "a private record"}]})
+    xid = client.post(f"/api/documents/{did}/extractions", headers=auth,
+                      json={"schema": "s", "data": {"secret": 1}}).json()["id"]
+    aid = client.post(f"/api/documents/{did}/annotations", headers=auth,
+                      json={"label": "private", "start": 0, "end": 6}).json()["id"]
+    client.post("/api/graphs/kg/batch", headers=auth, json={
+        "nodes": [{"id": "a", "type": "t"}, {"id": "b", "type": "t"}],
+        "edges": [{"from": "a", "to": "b", "type": "e"}], "patterns": [{"id": "p", "type": "T"}]})
+    sid = client.post("/api/graphs/kg/snapshots", headers=auth, json={"label": "v1"}).json()["id"]
 
     other = register(client, "intruder@example.com")
     routes = [
@@ -45,6 +55,41 @@ def test_second_user_gets_404_everywhere(client: TestClient, auth: dict[str, str
         ("GET", f"/api/chat/sessions/{cid}/messages", None),
         ("DELETE", f"/api/chat/sessions/{cid}", None),
         ("POST", "/api/chat/sessions", {"entity_id": "mine"}),
+        ("GET", "/api/entities/mine/chunks", None),
+        ("GET", "/api/entities/mine/chunks/rec", None),
+        ("DELETE", "/api/entities/mine/chunks/rec", None),
+        ("POST", "/api/entities/mine/chunks", {"items": [{"text": "planted"}]}),
+        ("POST", "/api/search", {"entity_id": "mine", "query": "private"}),
+        ("GET", f"/api/documents/{did}", None),
+        ("GET", f"/api/documents/{did}/extractions", None),
+        ("POST", f"/api/documents/{did}/extractions", {"schema": "s", "data": {}}),
+        ("GET", f"/api/extractions/{xid}", None),
+        ("DELETE", f"/api/extractions/{xid}", None),
+        ("GET", f"/api/documents/{did}/annotations", None),
+        ("POST", f"/api/documents/{did}/annotations", {"label": "planted"}),
+        ("GET", f"/api/annotations/{aid}", None),
+        ("PATCH", f"/api/annotations/{aid}", {"label": "z"}),
+        ("DELETE", f"/api/annotations/{aid}", None),
+        ("POST", "/api/chat", {"session_id": cid, "message": "tell me"}),
+        ("POST", "/api/chat", {"session_id": cid, "message": "tell me", "stream": True}),
+        ("GET", "/api/graphs/kg", None), ("DELETE", "/api/graphs/kg", None),
+        ("GET", "/api/graphs/kg/nodes", None), ("GET", "/api/graphs/kg/nodes/a", None),
+        ("PATCH", "/api/graphs/kg/nodes/a", {"data": {}}),
+        ("DELETE", "/api/graphs/kg/nodes/a", None),
+        ("GET", "/api/graphs/kg/nodes/a/neighbors", None),
+        ("GET", "/api/graphs/kg/nodes/b/influences", None),
+        ("GET", "/api/graphs/kg/nodes/a/subgraph", None),
+        ("GET", "/api/graphs/kg/edges", None),
+        ("PUT", "/api/graphs/kg/edges", {"from": "a", "to": "b", "type": "e"}),
+        ("DELETE", "/api/graphs/kg/edges?from=a&to=b&type=e", None),
+        ("GET", "/api/graphs/kg/path?from=a&to=b", None),
+        ("GET", "/api/graphs/kg/patterns", None), ("GET", "/api/graphs/kg/patterns/p", None),
+        ("DELETE", "/api/graphs/kg/patterns/p", None),
+        ("GET", "/api/graphs/kg/patterns/p/nodes", None),
+        ("GET", "/api/graphs/kg/export", None),
+        ("POST", "/api/graphs/kg/snapshots", {}), ("GET", "/api/graphs/kg/snapshots", None),
+        ("POST", f"/api/graphs/kg/snapshots/{sid}/restore", None),
+        ("DELETE", f"/api/graphs/kg/snapshots/{sid}", None),
     ]
     for method, path, body in routes:
         r = client.request(method, path, headers=other, json=body)
@@ -54,8 +99,17 @@ def test_second_user_gets_404_everywhere(client: TestClient, auth: dict[str, str
     assert r.status_code == 404
     assert client.get("/api/entities", headers=other).json()["items"] == []
     assert client.get("/api/conversations", headers=other).json()["items"] == []
+    assert client.get("/api/graphs", headers=other).json()["items"] == []
+    assert client.get("/api/graphs/kg", headers=auth).json()["edge_count"] == 1
+    assert [s["id"] for s in client.get("/api/graphs/kg/snapshots", headers=auth)
+            .json()["items"]] == [sid]
     # Untouched for the owner.
     assert client.get("/api/entities/mine", headers=auth).json()["document_count"] == 1
     full = client.get(f"/api/conversations/{cid}?include=messages", headers=auth).json()
     assert full["message_count"] == 2 and full["title"] is None
     assert client.get(f"/api/messages/{mid}", headers=auth).json()["content"] == "x"
+    doc = client.get(f"/api/documents/{did}", headers=auth).json()
+    assert (doc["extraction_count"], doc["annotation_count"]) == (1, 1)
+    assert client.get(f"/api/annotations/{aid}", headers=auth).json()["label"] == "private"
+    records = client.get("/api/entities/mine/chunks", headers=auth).json()["items"]
+    assert [r["chunk_id"] for r in records if r["doc_id"] is None] == ["rec"]

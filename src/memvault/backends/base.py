@@ -12,7 +12,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import structlog
@@ -22,6 +22,12 @@ from sqlalchemy.engine import Connection, Engine
 from ..errors import Conflict, Invalid, Unavailable
 from ..ids import utcnow
 from .schema import UTCDateTime, message_chunks, messages
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from ..retrieval.fulltext import QueryTerms
 
 __all__ = ["Backend", "Database", "after_commit"]
 
@@ -99,6 +105,27 @@ class Backend:
     def timestamp_param(self, value: datetime) -> Any:
         """An aware UTC datetime as the driver takes it for a timestamp column."""
         return value
+
+    # -- search (issue 6): the SQL each database answers it with ---------------
+
+    def json_equals(self, column: sa.ColumnElement[Any], key: str,
+                    value: Any) -> sa.ColumnElement[bool]:
+        """``column[key] == value`` for a JSON object column (scalar ``value``)."""
+        raise NotImplementedError
+
+    def text_search(self, conn: Connection, scope: sa.ColumnElement[bool],
+                    conditions: Sequence[sa.ColumnElement[bool]], terms: QueryTerms,
+                    token: str, limit: int) -> list[tuple[int, float]]:
+        """Full-text ranked ``(chunks.id, score)``, best first, higher is better,
+        among the chunks matching ``scope`` and ``conditions``."""
+        raise NotImplementedError
+
+    def vector_search(self, conn: Connection, scope: sa.ColumnElement[bool],
+                      conditions: Sequence[sa.ColumnElement[bool]],
+                      vector: NDArray[np.float32], limit: int) -> list[tuple[int, float]]:
+        """Nearest ``(chunks.id, cosine similarity)`` by the database's own
+        vector index (``has_vector`` backends only)."""
+        raise NotImplementedError
 
     def begin_write(self, conn: Connection) -> None:
         """Start a write transaction on ``conn``."""

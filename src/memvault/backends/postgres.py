@@ -10,17 +10,34 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from ..errors import ConfigError
+from ..retrieval.fulltext import TS_CONFIG, QueryTerms
 from .base import Backend
+from .schema import chunks
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 __all__ = ["PostgresBackend", "normalise_url"]
+
+log = structlog.get_logger(__name__)
+#: pgvector's HNSW indexes a ``vector`` of at most this many dimensions; a
+#: collection of wider vectors is searched exactly.
+HNSW_MAX_DIMENSIONS = 2000
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+#: ``hnsw.ef_search`` is at least this, and at least twice the results asked for.
+HNSW_EF_SEARCH = 100
 
 # An arbitrary constant: the advisory lock that serialises migrations.
 _MIGRATION_LOCK = 0x6D656D76
@@ -43,6 +60,7 @@ class PostgresBackend(Backend):
         self.url = normalise_url(url)
         self.synchronous_commit = "on" if durability == "full" else "off"
         self.has_vector = False
+        self._vector_indexes: set[int] = set()
 
     def create_engine(self) -> Engine:
         # No pre-ping (a SELECT 1 per checkout): a connection the server dropped
@@ -83,6 +101,80 @@ class PostgresBackend(Backend):
             raise ConfigError(f"{feature} needs the PostgreSQL 'vector' extension (pgvector), "
                               "which this server does not offer; install pgvector or use "
                               "the embedded SQLite backend")
+
+    # -- search: tsvector + GIN, pgvector HNSW -------------------------------------
+
+    def json_equals(self, column: sa.ColumnElement[Any], key: str,
+                    value: Any) -> sa.ColumnElement[bool]:
+        # jsonb containment: numbers compare by value (1 = 1.0), like SQLite's.
+        return column.op("@>")(sa.cast(sa.literal({key: value}, JSONB), JSONB))
+
+    def text_search(self, conn: Connection, scope: sa.ColumnElement[bool],
+                    conditions: Sequence[sa.ColumnElement[bool]], terms: QueryTerms,
+                    token: str, limit: int) -> list[tuple[int, float]]:
+        config: sa.ColumnElement[str] = sa.literal_column(f"'{TS_CONFIG}'")
+        # plainto/phraseto take their argument as text, never as query syntax.
+        parts = [sa.func.plainto_tsquery(config, w) for w in terms.words]
+        parts += [sa.func.phraseto_tsquery(config, " ".join(p)) for p in terms.phrases]
+        tsquery: sa.ColumnElement[Any] = parts[0]
+        for part in parts[1:]:
+            tsquery = tsquery.op("||")(part)
+        # The stored tsvector of search_text, GIN-indexed (migration 0006).
+        document: sa.ColumnElement[Any] = sa.literal_column("chunks.search_tsv")
+        score = sa.func.ts_rank(document, tsquery, 1).label("score")
+        query = (sa.select(chunks.c.id, score)
+                 .where(scope, *conditions, document.op("@@")(tsquery))
+                 .order_by(sa.desc("score"), chunks.c.id).limit(limit))
+        return [(int(pk), float(s)) for pk, s in conn.execute(query)]
+
+    def ensure_vector_index(self, engine: Engine, dims: int) -> None:
+        """Create the HNSW index for ``dims``-dimension vectors unless it exists:
+        a partial index over ``embedding::vector(dims)``, so one table holds
+        collections of every dimension, each searched by its own index."""
+        if dims in self._vector_indexes or not self.has_vector:
+            return
+        if dims > HNSW_MAX_DIMENSIONS:
+            log.info("vectors too wide for an HNSW index; searched exactly", dimensions=dims)
+            self._vector_indexes.add(dims)
+            return
+        name = f"ix_chunks_vec_{int(dims)}"
+        ddl = (f"CREATE INDEX IF NOT EXISTS {name} ON chunks USING hnsw "
+               f"((embedding::vector({int(dims)})) vector_cosine_ops) "
+               f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
+               f"WHERE dimensions = {int(dims)}")
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(ddl))
+        except sa.exc.DBAPIError:  # another process created it at the same moment
+            with engine.connect() as conn:
+                exists = conn.execute(sa.text("SELECT 1 FROM pg_indexes WHERE indexname = :n"),
+                                      {"n": name}).first()
+            if exists is None:
+                raise
+        self._vector_indexes.add(dims)
+
+    def vector_search(self, conn: Connection, scope: sa.ColumnElement[bool],
+                      conditions: Sequence[sa.ColumnElement[bool]],
+                      vector: NDArray[np.float32], limit: int) -> list[tuple[int, float]]:
+        from pgvector.sqlalchemy import VECTOR
+
+        dims = int(vector.size)
+        # Literal dimensions: the partial index's predicate must be provable
+        # from the query text, also under a generic plan.
+        as_vector = sa.cast(chunks.c.embedding, VECTOR(dims))
+        distance = as_vector.op("<=>", return_type=sa.Float)(
+            sa.bindparam("q", vector, type_=VECTOR(dims))).label("distance")
+        query = (sa.select(chunks.c.id, distance)
+                 .where(scope, chunks.c.dimensions == sa.literal_column(str(dims)), *conditions)
+                 .order_by(sa.literal_column("distance")).limit(limit))
+        # Iterative scans: a filtered query still finds ``limit`` rows (pgvector
+        # 0.8); relaxed order is re-sorted below.
+        conn.execute(sa.text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false), "
+                             "set_config('hnsw.ef_search', :ef, false)"),
+                     {"ef": str(max(HNSW_EF_SEARCH, 2 * limit))})
+        found = [(int(pk), 1.0 - float(d)) for pk, d in conn.execute(query)]
+        found.sort(key=lambda item: (-item[1], item[0]))
+        return found
 
     def upsert(self, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str],
                set_: Mapping[str, Any]) -> sa.Executable:

@@ -10,13 +10,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.sqlite import DATETIME as SQLITE_DATETIME
 
 __all__ = ["metadata", "users", "auth_tokens", "auth_failures", "entities", "blobs",
            "blob_parts", "documents", "conversations", "messages", "message_chunks",
-           "embedding_cache", "jobs", "UTCDateTime", "JSONType"]
+           "embedding_cache", "jobs", "collections", "chunks", "chunk_tombstones",
+           "graphs", "graph_nodes", "graph_edges", "graph_patterns", "graph_snapshots",
+           "extractions", "document_annotations",
+           "UTCDateTime", "JSONType", "VectorType", "vector_bytes"]
 
 
 class _SQLiteUTC(SQLITE_DATETIME):
@@ -66,6 +70,41 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 JSONType: Any = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def vector_bytes(vector: Any) -> bytes:
+    """A vector as little-endian float32 bytes (the layout SQLite keeps)."""
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+class VectorType(sa.TypeDecorator[Any]):
+    """A float32 vector of any length: pgvector's ``vector`` on PostgreSQL (when
+    the server offers pgvector; ``bytea`` otherwise, and the vault refuses vector
+    work there), little-endian float32 bytes on SQLite. Python side: a numpy
+    float32 array, in and out, on every backend."""
+
+    impl = sa.LargeBinary
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from pgvector.sqlalchemy import VECTOR
+            return dialect.type_descriptor(VECTOR())
+        return dialect.type_descriptor(sa.LargeBinary())
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if dialect.name == "postgresql":
+            return np.asarray(value, dtype=np.float32)
+        return vector_bytes(value)
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bytes | memoryview | bytearray):
+            return np.frombuffer(bytes(value), dtype="<f4").astype(np.float32)
+        return np.asarray(value, dtype=np.float32)
 
 metadata = sa.MetaData()
 ID = sa.String(64)
@@ -144,12 +183,18 @@ documents = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False, index=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # Indexing (issue 6): pending → indexing → indexed | failed, with why.
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("chunk_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
     # No cascade: deleting an entity must release blob references, which the
     # files store does explicitly before the entity row goes.
     sa.ForeignKeyConstraint(["owner_id", "entity_id"],
                             ["entities.owner_id", "entities.entity_id"],
                             name="fk_documents_entity"),
     sa.Index("ix_documents_owner_entity", "owner_id", "entity_id", "doc_id"),
+    # The few documents not yet indexed, for the reconciler: a short range scan.
+    sa.Index("ix_documents_status", "status"),
 )
 
 conversations = sa.Table(
@@ -246,4 +291,227 @@ jobs = sa.Table(
     # lease may have expired): a range scan of this index, never of the history.
     sa.Index("ix_jobs_claim", "status", "run_after"),
     sa.Index("ix_jobs_owner_kind", "owner_id", "kind"),
+)
+
+# Retrieval (issue 6). Each entity has one collection: its document chunks and
+# the client's own vector records. ``collections`` records the embedding model
+# its vault-embedded records were built with (so a change of embedder is
+# noticed) and their dimensions.
+collections = sa.Table(
+    "collections", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("entity_id", sa.String(200), primary_key=True),
+    sa.Column("model_id", sa.String(200)),
+    sa.Column("dimensions", sa.Integer),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.ForeignKeyConstraint(["owner_id", "entity_id"],
+                            ["entities.owner_id", "entities.entity_id"],
+                            ondelete="CASCADE", name="fk_collections_entity"),
+)
+
+# One searchable passage: a chunk of a document (``doc_id`` set) or a client's
+# own record (``doc_id`` null). ``chunk_id`` is the public id, unique within the
+# entity; ``id`` is an integer that is never reused (AUTOINCREMENT on SQLite, an
+# identity on PostgreSQL) and labels the row in the derived indexes: SQLite's
+# FTS5 table ``chunks_fts`` (rowid) and the ANN index files, which catch up from
+# the rows by it. A chunk is never updated in place: replacing one deletes the
+# row and inserts a new one, so "rows with id > high-water mark, plus
+# tombstones" is everything an index has to catch up on.
+chunks = sa.Table(
+    "chunks", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("owner_id", ID, nullable=False),
+    sa.Column("entity_id", sa.String(200), nullable=False),
+    sa.Column("chunk_id", sa.String(200), nullable=False),
+    sa.Column("doc_id", ID),
+    sa.Column("position", sa.Integer),
+    sa.Column("char_start", sa.Integer),
+    sa.Column("char_end", sa.Integer),
+    sa.Column("page", sa.Integer),
+    sa.Column("text", sa.Text, nullable=False),
+    # The text as the full-text index sees it: prefixed with the collection's
+    # token (so a query intersects one collection's postings, not everyone's)
+    # and with CJK characters spaced apart (no tokenizer here segments them).
+    sa.Column("search_text", sa.Text, nullable=False),
+    sa.Column("metadata", JSONType, nullable=False),
+    # The model that embedded ``text``; null when the client gave the vector.
+    sa.Column("model_id", sa.String(200)),
+    sa.Column("dimensions", sa.Integer, nullable=False),
+    sa.Column("embedding", VectorType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.ForeignKeyConstraint(["owner_id", "entity_id"],
+                            ["entities.owner_id", "entities.entity_id"],
+                            ondelete="CASCADE", name="fk_chunks_entity"),
+    sa.ForeignKeyConstraint(["owner_id", "doc_id"], ["documents.owner_id", "documents.doc_id"],
+                            ondelete="CASCADE", name="fk_chunks_document"),
+    sa.UniqueConstraint("owner_id", "entity_id", "chunk_id", name="uq_chunks_entity_chunk"),
+    sa.Index("ix_chunks_entity_id", "owner_id", "entity_id", "id"),
+    sa.Index("ix_chunks_doc", "owner_id", "doc_id", "position"),
+    sa.Index("ix_chunks_entity_model", "owner_id", "entity_id", "model_id"),
+    sa.Index("ix_chunks_entity_dims", "owner_id", "entity_id", "dimensions"),
+    sqlite_autoincrement=True,
+)
+
+# Chunks deleted, for the derived ANN index files to catch up on (SQLite: a
+# trigger on ``chunks`` writes them, cascades included). Pruned after a while:
+# a search joins its candidates with ``chunks``, so a label an index kept past
+# its tombstone is dropped at query time, never returned.
+chunk_tombstones = sa.Table(
+    "chunk_tombstones", metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("owner_id", ID, nullable=False),
+    sa.Column("entity_id", sa.String(200), nullable=False),
+    sa.Column("chunk_pk", sa.BigInteger, nullable=False),
+    sa.Column("deleted_at", UTCDateTime, nullable=False),
+    sa.Index("ix_chunk_tombstones_entity", "owner_id", "entity_id", "seq"),
+    sqlite_autoincrement=True,
+)
+
+# Extractions and annotations (issue 7, seed 001): structured results and user
+# notes attached to a document, gone with it (ON DELETE CASCADE: deleting the
+# document, or its entity, which deletes its documents).
+extractions = sa.Table(
+    "extractions", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("doc_id", ID, nullable=False),
+    sa.Column("schema", sa.String(200), nullable=False),
+    sa.Column("data", JSONType, nullable=False),
+    sa.Column("model", sa.String(200)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.ForeignKeyConstraint(["owner_id", "doc_id"], ["documents.owner_id", "documents.doc_id"],
+                            ondelete="CASCADE", name="fk_extractions_document"),
+    sa.Index("ix_extractions_doc", "owner_id", "doc_id", "id"),
+    sa.Index("ix_extractions_doc_schema", "owner_id", "doc_id", "schema", "id"),
+)
+
+# ``document_annotations`` in Python: ``annotations`` is taken by the
+# ``from __future__`` feature every module here imports.
+document_annotations = sa.Table(
+    "annotations", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("doc_id", ID, nullable=False),
+    sa.Column("label", sa.String(200), nullable=False),
+    sa.Column("note", sa.Text),
+    sa.Column("char_start", sa.Integer),
+    sa.Column("char_end", sa.Integer),
+    sa.Column("page", sa.Integer),
+    sa.Column("chunk_id", sa.String(200)),
+    sa.Column("data", JSONType, nullable=False),
+    sa.Column("author", ID, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    # Listing order as one sortable string, so a page is a keyset range of one
+    # index: the zero-padded start (or "z" when there is none: last), then the
+    # time-ordered id. Rewritten whenever ``char_start`` changes.
+    sa.Column("sort_key", sa.String(64), nullable=False),
+    sa.ForeignKeyConstraint(["owner_id", "doc_id"], ["documents.owner_id", "documents.doc_id"],
+                            ondelete="CASCADE", name="fk_annotations_document"),
+    sa.Index("ix_annotations_doc", "owner_id", "doc_id", "sort_key"),
+    sa.Index("ix_annotations_doc_label", "owner_id", "doc_id", "label", "sort_key"),
+)
+
+# Knowledge graphs (issue 7, seed 002). A user has named graphs; the graph row
+# keeps its counts (nodes, edges, patterns, and per type), updated in the same
+# transaction as each write, so reading them never scans. Every write to a graph
+# locks its row first: writes to one graph are serialised (which also keeps the
+# counts exact on PostgreSQL), writes to different graphs are not.
+graphs = sa.Table(
+    "graphs", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("description", sa.Text),
+    sa.Column("metadata", JSONType, nullable=False),
+    sa.Column("node_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("edge_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("pattern_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("node_types", JSONType, nullable=False),
+    sa.Column("edge_types", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("modified_at", UTCDateTime, nullable=False),
+)
+
+graph_nodes = sa.Table(
+    "graph_nodes", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("graph", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(256), primary_key=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("data", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("modified_at", UTCDateTime, nullable=False),
+    sa.ForeignKeyConstraint(["owner_id", "graph"], ["graphs.owner_id", "graphs.name"],
+                            ondelete="CASCADE", name="fk_graph_nodes_graph"),
+    # Listing by type, in id order: an index range scan.
+    sa.Index("ix_graph_nodes_type", "owner_id", "graph", "type", "id"),
+)
+
+# One row per (from, to, type). Neighbours and influences read one node's
+# out- or in-edges strongest first: a range scan of one of the two indexes.
+graph_edges = sa.Table(
+    "graph_edges", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("graph", sa.String(64), primary_key=True),
+    sa.Column("src", sa.String(256), primary_key=True),
+    sa.Column("dst", sa.String(256), primary_key=True),
+    sa.Column("type", sa.String(64), primary_key=True),
+    sa.Column("strength", sa.Float, nullable=False),
+    sa.Column("data", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("modified_at", UTCDateTime, nullable=False),
+    sa.ForeignKeyConstraint(["owner_id", "graph"], ["graphs.owner_id", "graphs.name"],
+                            ondelete="CASCADE", name="fk_graph_edges_graph"),
+    sa.ForeignKeyConstraint(["owner_id", "graph", "src"],
+                            ["graph_nodes.owner_id", "graph_nodes.graph", "graph_nodes.id"],
+                            ondelete="CASCADE", name="fk_graph_edges_src"),
+    sa.ForeignKeyConstraint(["owner_id", "graph", "dst"],
+                            ["graph_nodes.owner_id", "graph_nodes.graph", "graph_nodes.id"],
+                            ondelete="CASCADE", name="fk_graph_edges_dst"),
+    # Each index holds the whole (near, strength, far, type) step, so a walk
+    # (graph_walk.py) reads the index only, never the table.
+    sa.Index("ix_graph_edges_out", "owner_id", "graph", "src", "strength", "dst", "type"),
+    sa.Index("ix_graph_edges_in", "owner_id", "graph", "dst", "strength", "src", "type"),
+)
+
+graph_patterns = sa.Table(
+    "graph_patterns", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("graph", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(256), primary_key=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("trigger_conditions", JSONType, nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    # ``{type?, data?}``: the nodes the pattern matches (node filter semantics).
+    sa.Column("match", JSONType),
+    sa.Column("data", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("modified_at", UTCDateTime, nullable=False),
+    sa.ForeignKeyConstraint(["owner_id", "graph"], ["graphs.owner_id", "graphs.name"],
+                            ondelete="CASCADE", name="fk_graph_patterns_graph"),
+    sa.Index("ix_graph_patterns_type", "owner_id", "graph", "type", "id"),
+)
+
+# Versions of a graph (seed 002 copied graph.json before each save): the whole
+# graph serialised to a content-addressed blob (``blobs.refcount`` counts these
+# rows as it counts documents), newest kept per graph. Released by the graph
+# store before the rows go (deleting a graph, pruning, deleting a snapshot).
+graph_snapshots = sa.Table(
+    "graph_snapshots", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("graph", sa.String(64), primary_key=True),
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("label", sa.Text),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("node_count", sa.Integer, nullable=False),
+    sa.Column("edge_count", sa.Integer, nullable=False),
+    sa.Column("pattern_count", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.ForeignKeyConstraint(["owner_id", "graph"], ["graphs.owner_id", "graphs.name"],
+                            ondelete="CASCADE", name="fk_graph_snapshots_graph"),
 )

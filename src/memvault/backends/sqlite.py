@@ -26,7 +26,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from ..errors import MigrationFailed, Unavailable
+from ..retrieval.fulltext import QueryTerms, fts5_match
 from .base import Backend
+from .schema import chunks
 
 __all__ = ["SQLiteBackend"]
 
@@ -99,6 +101,45 @@ class SQLiteBackend(Backend):
     def is_busy(self, error: BaseException) -> bool:
         text = str(getattr(error, "orig", error)).lower()
         return "locked" in text or "busy" in text
+
+    # -- search: FTS5 over chunks.search_text (vectors: retrieval/ann.py) -------
+
+    def json_equals(self, column: sa.ColumnElement[Any], key: str,
+                    value: Any) -> sa.ColumnElement[bool]:
+        # json_each, not a JSON path: any key works, whatever characters it holds.
+        each = sa.func.json_each(column).table_valued("key", "value", "type").alias("m")
+        if value is None:
+            match = each.c.type == "null"
+        elif isinstance(value, bool):
+            match = each.c.type == ("true" if value else "false")
+        elif isinstance(value, int | float):
+            match = sa.and_(each.c.type.in_(("integer", "real")), each.c.value == value)
+        else:
+            match = sa.and_(each.c.type == "text", each.c.value == value)
+        return sa.exists(sa.select(1).select_from(each).where(each.c.key == key, match))
+
+    def text_search(self, conn: Connection, scope: sa.ColumnElement[bool],
+                    conditions: Sequence[sa.ColumnElement[bool]], terms: QueryTerms,
+                    token: str, limit: int) -> list[tuple[int, float]]:
+        fts = sa.table("chunks_fts", sa.column("rowid"), sa.column("rank"))
+        match = sa.literal_column("chunks_fts").op("MATCH")(fts5_match(token, terms))
+        if not conditions:
+            # The collection token in the MATCH already keeps to one collection:
+            # let FTS5 rank and cut (its own ``rank``, bm25, sorted inside the
+            # virtual table: twice as fast as bm25() sorted outside), then check
+            # the owner on the few rows left.
+            ranked = (sa.select(fts.c.rowid, fts.c.rank).where(match)
+                      .order_by(fts.c.rank).limit(limit).subquery())
+            query = (sa.select(chunks.c.id, ranked.c.rank)
+                     .select_from(ranked.join(chunks, chunks.c.id == ranked.c.rowid))
+                     .where(scope).order_by(ranked.c.rank, chunks.c.id))
+        else:  # filters apply before the cut
+            query = (sa.select(chunks.c.id, fts.c.rank)
+                     .select_from(fts.join(chunks, chunks.c.id == fts.c.rowid))
+                     .where(match, scope, *conditions)
+                     .order_by(fts.c.rank, chunks.c.id).limit(limit))
+        # bm25 is lower for better matches; scores here are higher-is-better.
+        return [(int(pk), -float(r)) for pk, r in conn.execute(query)]
 
     def upsert(self, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str],
                set_: Mapping[str, Any]) -> sa.Executable:

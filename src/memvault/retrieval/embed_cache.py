@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -64,6 +65,8 @@ LOW_WATER = 0.9
 #: Bytes a row takes besides its vector (keys, timestamps, row and index
 #: overhead): an estimate, counted so that tiny vectors still have a cost.
 ROW_OVERHEAD = 160
+#: Search queries whose vectors each process keeps (see ``embed_query``).
+RECENT_QUERIES = 2048
 
 
 def text_key(text: str) -> str:
@@ -279,6 +282,42 @@ class CachedEmbedder:
     def __init__(self, embedder: Embedder, cache: EmbeddingCache) -> None:
         self.embedder = embedder
         self.cache = cache
+        self._queries: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
+        self._queries_lock = threading.Lock()
+
+    def embed_query(self, text: str) -> NDArray[np.float32]:
+        """One search query's vector: from an in-process LRU of recent queries,
+        else the shared cache (read only), else the embedder. A query's vector
+        is not written to the shared cache: that would put a durable write
+        (an fsync) into every search, for texts that rarely come back."""
+        import numpy as np
+
+        key = text_key(text)
+        with self._queries_lock:
+            recent = self._queries.get(key)
+            if recent is not None:
+                self._queries.move_to_end(key)
+        if recent is not None:
+            self.cache.count(hits=1)
+            return recent
+        vector: NDArray[np.float32] | None = None
+        if self.cache.enabled:
+            try:
+                found = self.cache.lookup(self.embedder.model_id, [key])
+            except Unavailable:
+                found = {}
+            if key in found:
+                data, dims = found[key]
+                vector = np.frombuffer(data, dtype="<f4").reshape(dims).astype(np.float32)
+                self.cache.count(hits=1)
+        if vector is None:
+            vector = np.asarray(self.embedder.embed([text])[0], dtype=np.float32)
+            self.cache.count(misses=1)
+        with self._queries_lock:
+            self._queries[key] = vector
+            while len(self._queries) > RECENT_QUERIES:
+                self._queries.popitem(last=False)
+        return vector
 
     @property
     def model_id(self) -> str:

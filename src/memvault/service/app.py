@@ -17,7 +17,19 @@ from .hosts import LoopbackOnlyMiddleware
 from .limits import BodyLimitMiddleware
 from .problems import install_handlers
 from .requests import NulGuardMiddleware, RequestIdMiddleware
-from .routes import auth, conversations, entities, files, messages, sessions, system
+from .routes import (
+    auth,
+    chat,
+    collections,
+    conversations,
+    documents,
+    entities,
+    files,
+    graphs,
+    messages,
+    sessions,
+    system,
+)
 
 __all__ = ["create_app"]
 
@@ -67,7 +79,8 @@ def create_app(settings: Settings | None = None, vault: Vault | None = None) -> 
     # Outside every check, so that each response (a 413, a 403 too) has an X-Request-ID.
     app.add_middleware(RequestIdMiddleware)
     install_handlers(app)
-    for module in (system, auth, entities, files, conversations, messages, sessions):
+    for module in (system, auth, entities, files, documents, collections, conversations,
+                   messages, sessions, chat, graphs):
         app.include_router(module.router)
     return app
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from ..ids import INT32_MAX
-from ..models import Conversation, Role
+from ..models import Conversation, Role, SearchMode
+from ..stores.collections import MAX_ITEMS, MAX_K
+from ..stores.graphs import MAX_BATCH as GRAPH_MAX_BATCH
 
 __all__ = ["RegisterIn", "LoginIn", "EntityIn", "EntityPatch", "ConversationIn",
            "ConversationPatch", "MessageIn", "ChunkIn", "ChunksIn", "CompleteIn",
-           "ChatSessionIn", "ChatSession", "ChunkAck"]
+           "ChatSessionIn", "ChatSession", "ChunkAck", "RecordIn", "RecordsIn", "SearchFilterIn",
+           "SearchWeightsIn", "SearchIn", "ExtractionIn", "AnnotationIn", "AnnotationPatch"]
+
+#: A finite JSON number (an int is taken as a float; ``"1.0"``, ``true`` and NaN are not).
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class _In(BaseModel):
@@ -114,3 +120,161 @@ class ChunkAck(BaseModel):
     message_id: str
     last_seq: int
     status: str = "streaming"
+
+
+class _Exact(BaseModel):
+    """Retrieval bodies refuse unknown fields: a misspelt ``filter`` or ``weights``
+    silently ignored would answer a different search than the one asked for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecordIn(_Exact):
+    """One vector record; the collection store checks lengths, ids and dimensions."""
+
+    id: StrictStr | None = None
+    text: StrictStr
+    metadata: dict[str, Any] | None = None
+    embedding: list[Number] | None = None
+
+
+class RecordsIn(_Exact):
+    # Counted here too: 1,001 records are refused before any is embedded.
+    items: list[RecordIn] = Field(min_length=1, max_length=MAX_ITEMS)
+
+
+class SearchFilterIn(_Exact):
+    doc_id: StrictStr | list[StrictStr] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class SearchWeightsIn(_Exact):
+    """Either weight may be left out (it keeps the store's default)."""
+
+    vector: Number | None = None
+    text: Number | None = None
+
+
+class SearchIn(_Exact):
+    entity_id: StrictStr
+    query: StrictStr | None = None
+    embedding: list[Number] | None = None
+    k: StrictInt = Field(10, ge=1, le=MAX_K)
+    mode: SearchMode = "hybrid"
+    filter: SearchFilterIn | None = None
+    rrf_k: Number | None = None
+    weights: SearchWeightsIn | None = None
+
+    # Ranges of rrf_k and weights, and the query's length, are the store's to check.
+    @model_validator(mode="after")
+    def _one_input(self) -> SearchIn:
+        if (self.query is None) == (self.embedding is None):
+            raise ValueError("send exactly one of query or embedding")
+        if self.embedding is not None and self.mode != "vector":
+            raise ValueError("embedding is only accepted with mode 'vector'")
+        return self
+
+
+class ExtractionIn(_Exact):
+    """Extractions and annotations refuse unknown fields too: a misspelt
+    ``note`` or ``start`` silently dropped would store a different record."""
+
+    # ``schema`` on the wire; ``schema_`` here (the name would shadow BaseModel's).
+    schema_: StrictStr = Field(alias="schema", min_length=1, max_length=200)
+    data: dict[str, Any] | list[Any]
+    model: StrictStr | None = Field(None, max_length=200)
+
+
+class AnnotationIn(_Exact):
+    # Ranges (0 <= start <= end, page >= 1) are the annotation store's to check.
+    label: StrictStr = Field(min_length=1, max_length=200)
+    note: StrictStr | None = None
+    start: StrictInt | None = None
+    end: StrictInt | None = None
+    page: StrictInt | None = None
+    chunk_id: StrictStr | None = Field(None, max_length=200)
+    data: dict[str, Any] | None = None
+
+
+class AnnotationPatch(_Exact):
+    """Only the fields sent change; ``null`` clears one (not ``label``)."""
+
+    label: StrictStr | None = Field(None, min_length=1, max_length=200)
+    note: StrictStr | None = None
+    start: StrictInt | None = None
+    end: StrictInt | None = None
+    page: StrictInt | None = None
+    chunk_id: StrictStr | None = Field(None, max_length=200)
+    data: dict[str, Any] | None = None
+
+
+# -- knowledge graphs (issue 7): the graph store checks ids, types and values --
+
+class GraphIn(_Exact):
+    description: StrictStr | None = Field(None, max_length=100_000)
+    metadata: dict[str, Any] | None = None
+
+
+class GraphNodeIn(_Exact):
+    type: StrictStr
+    data: dict[str, Any] | None = None
+
+
+class GraphNodePatch(_Exact):
+    """``data`` is an RFC 7396 merge patch: a key set to ``null`` is removed."""
+
+    type: StrictStr | None = None
+    data: dict[str, Any] | None = None
+
+
+class GraphEdgeKeyIn(_Exact):
+    # ``from`` on the wire; ``from_`` here (a Python keyword).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: StrictStr = Field(alias="from")
+    to: StrictStr
+    type: StrictStr
+
+
+class GraphEdgeIn(GraphEdgeKeyIn):
+    strength: Number = 1.0
+    data: dict[str, Any] | None = None
+
+
+class GraphMatchIn(_Exact):
+    type: StrictStr | None = None
+    data: dict[str, Any] | None = None
+
+
+class GraphPatternIn(_Exact):
+    type: StrictStr
+    description: StrictStr = ""
+    trigger_conditions: list[StrictStr] = Field(default_factory=list)
+    confidence: Number = 1.0
+    match: GraphMatchIn | None = None
+    data: dict[str, Any] | None = None
+
+
+class GraphBatchNodeIn(GraphNodeIn):
+    id: StrictStr
+
+
+class GraphBatchPatternIn(GraphPatternIn):
+    id: StrictStr
+
+
+class GraphBatchIn(_Exact):
+    """At most ``MAX_BATCH`` items in all (the store counts them)."""
+
+    nodes: list[GraphBatchNodeIn] = Field(default_factory=list, max_length=GRAPH_MAX_BATCH)
+    edges: list[GraphEdgeIn] = Field(default_factory=list, max_length=GRAPH_MAX_BATCH)
+    patterns: list[GraphBatchPatternIn] = Field(default_factory=list,
+                                                max_length=GRAPH_MAX_BATCH)
+    delete_nodes: list[StrictStr] = Field(default_factory=list, max_length=GRAPH_MAX_BATCH)
+    delete_edges: list[GraphEdgeKeyIn] = Field(default_factory=list,
+                                               max_length=GRAPH_MAX_BATCH)
+
+
+__all__ += ["GraphIn", "GraphNodeIn", "GraphNodePatch", "GraphEdgeKeyIn", "GraphEdgeIn",
+            "GraphMatchIn", "GraphPatternIn", "GraphBatchNodeIn", "GraphBatchPatternIn",
+            "GraphBatchIn"]

@@ -19,6 +19,8 @@ from ..settings import Settings
 
 if TYPE_CHECKING:
     from ..blobs import BlobStore
+    from ..retrieval.ann import VectorIndexes
+    from ..retrieval.embedders import Embedder
     from .streaming import ChunkWriter
 
 __all__ = ["StoreContext"]
@@ -35,3 +37,7 @@ class StoreContext:
     #: The group-commit writer shared by every library stream of the vault.
     streams: ChunkWriter
     clock: Callable[[], datetime] = field(default=utcnow)
+    #: The vault's embedder (behind the embedding cache), built on first call.
+    embedder: Callable[[], Embedder] | None = None
+    #: The derived vector indexes of backends without native vectors (SQLite).
+    vectors: VectorIndexes | None = None

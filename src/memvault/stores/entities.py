@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import re
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
 
-from ..backends.schema import entities
+from ..backends.base import after_commit
+from ..backends.schema import chunk_tombstones, entities
 from ..errors import Conflict, Invalid, NotFound
 from ..ids import new_id, utcnow
 from ..models import Entity, Page
@@ -148,8 +150,16 @@ class EntityStore:
             if conn.execute(_LOCK, self._key(entity_id)).first() is None:
                 raise NotFound(f"entity {entity_id!r} not found")
             release_entity_documents(self._ctx, conn, self._owner, entity_id)
-            # Conversations, their messages and chunks go by ON DELETE CASCADE.
+            # Conversations, their messages and chunks, and the collection with
+            # its chunks, go by ON DELETE CASCADE.
             conn.execute(_DELETE, self._key(entity_id))
+            # The collection is gone whole: no index needs its tombstones, and
+            # a search joins with the rows, so no process returns its labels.
+            conn.execute(chunk_tombstones.delete().where(
+                chunk_tombstones.c.owner_id == self._owner,
+                chunk_tombstones.c.entity_id == entity_id))
+            if self._ctx.vectors is not None:
+                after_commit(conn, partial(self._ctx.vectors.drop, self._owner, entity_id))
 
     def count(self) -> int:
         with self._db.read() as conn:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import mimetypes
 import re
+import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,14 +36,22 @@ from ..backends.schema import blobs, documents, entities
 from ..blobs import BlobStore
 from ..errors import MemvaultError, NotFound
 from ..ids import new_id, utcnow
+from ..jobs import enqueue
 from ..models import Document, Page
 from ._context import StoreContext
 from ._paging import DEFAULT_LIMIT, keyset_page
 
 __all__ = ["FileStore", "clean_filename", "collect_blob", "collect_garbage",
-           "release_entity_documents"]
+           "release_entity_documents", "require_document", "INGEST_JOB", "INDEXING_DONE"]
 
 log = structlog.get_logger(__name__)
+
+#: The job kind that indexes a document (handler: ``retrieval/ingest.py``).
+INGEST_JOB = "ingest"
+#: Document statuses after which indexing is over.
+INDEXING_DONE = frozenset({"indexed", "failed"})
+#: How often ``wait_indexed`` looks again.
+WAIT_POLL_S = 0.1
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;.*)?$")
@@ -70,7 +79,8 @@ def _content_type(declared: str | None, filename: str) -> str:
 def _document(row: Any) -> Document:
     return Document(doc_id=row.doc_id, entity_id=row.entity_id, filename=row.filename,
                     content_type=row.content_type, size=row.size, sha256=row.sha256,
-                    created_at=row.created_at)
+                    created_at=row.created_at, status=row.status, chunk_count=row.chunk_count,
+                    error=row.error)
 
 
 class FileStore:
@@ -120,6 +130,8 @@ class FileStore:
                 if not found:
                     raise NotFound(f"entity {entity_id!r} not found")
                 conn.execute(documents.insert(), doc)
+                # Indexed in the background; the job commits with the upload.
+                enqueue(conn, INGEST_JOB, {"doc_id": document.doc_id}, owner_id=self._owner)
                 conn.execute(self._db.backend.upsert(
                     blobs, {"sha256": staged.sha256, "size": staged.size, "refcount": 1,
                             "created_at": doc["created_at"]},
@@ -136,11 +148,41 @@ class FileStore:
             staged.discard()
         return document
 
+    def wait_indexed(self, entity_id: str, doc_ids: Sequence[str],
+                     timeout_s: float) -> list[Document]:
+        """The documents once each is ``indexed`` or ``failed``, or as they are
+        when ``timeout_s`` runs out (any process of the vault may index them).
+        A document deleted meanwhile is left out."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            with self._db.read() as conn:
+                rows = conn.execute(sa.select(documents).where(
+                    documents.c.owner_id == self._owner, documents.c.entity_id == entity_id,
+                    documents.c.doc_id.in_(list(doc_ids)))).all()
+            found = {row.doc_id: _document(row) for row in rows}
+            docs = [found[d] for d in doc_ids if d in found]
+            if all(d.status in INDEXING_DONE for d in docs) or time.monotonic() >= deadline:
+                return docs
+            time.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+
     def get(self, entity_id: str, doc_id: str) -> Document:
         with self._db.read() as conn:
             row = conn.execute(sa.select(documents).where(self._where(entity_id, doc_id))).first()
         if row is None:
             self._require_entity(entity_id)
+            raise NotFound(f"document {doc_id!r} not found")
+        return _document(row)
+
+    def get_by_id(self, doc_id: str) -> Document:
+        """The document ``doc_id``, whichever entity holds it (document ids are unique).
+
+        Raises:
+            NotFound: no such document for this owner.
+        """
+        with self._db.read() as conn:
+            row = conn.execute(sa.select(documents).where(
+                documents.c.owner_id == self._owner, documents.c.doc_id == doc_id)).first()
+        if row is None:
             raise NotFound(f"document {doc_id!r} not found")
         return _document(row)
 
@@ -172,6 +214,15 @@ class FileStore:
                                                  entities.c.entity_id == entity_id)
                          .values(document_count=entities.c.document_count - 1))
             _release(self._ctx, conn, [row.sha256])
+
+
+def require_document(conn: Connection, owner_id: str, doc_id: str) -> None:
+    """Raise ``NotFound`` unless ``owner_id`` has the document ``doc_id``: the
+    check every store of things attached to a document makes first."""
+    found = conn.execute(sa.select(documents.c.doc_id).where(
+        documents.c.owner_id == owner_id, documents.c.doc_id == doc_id)).first()
+    if found is None:
+        raise NotFound(f"document {doc_id!r} not found")
 
 
 def release_entity_documents(ctx: StoreContext, conn: Connection, owner_id: str,

@@ -1,11 +1,16 @@
 """``/api/entities/{entity_id}/files``: uploads, kept content-addressed in the
-blob store (``MEMVAULT_BLOB_STORE``); downloads stream from any of them."""
+blob store (``MEMVAULT_BLOB_STORE``); downloads stream from any of them.
+
+Each upload is indexed for search by a background job; ``?wait=true`` answers
+once the uploaded documents are indexed or failed (or ``MEMVAULT_INGEST_WAIT_S``
+has passed, showing them as they are then)."""
 
 from __future__ import annotations
 
+from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, File, Response, UploadFile
+from fastapi import APIRouter, File, Query, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
 from ...models import Document, Page
@@ -21,13 +26,16 @@ def content_disposition(filename: str) -> str:
 
 
 @router.post("", status_code=201)
-def upload_files(entity_id: str, scope: UserScope, files: list[UploadFile] = File(...)
-                 ) -> dict[str, list[Document]]:
+def upload_files(entity_id: str, scope: UserScope, files: list[UploadFile] = File(...),
+                 wait: Annotated[bool, Query()] = False) -> dict[str, list[Document]]:
     scope.entities.get(entity_id)
     stored = []
     for upload in files:
         stored.append(scope.files.add(entity_id, upload.filename, upload.file,
                                       upload.content_type))
+    if wait:
+        stored = scope.files.wait_indexed(entity_id, [d.doc_id for d in stored],
+                                          scope.ctx.settings.ingest_wait_s)
     return {"items": stored}
 
 

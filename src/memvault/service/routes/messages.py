@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request
@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from ...errors import Invalid, NotFound
 from ...ids import INT32_MAX, parse_int
 from ...models import Message, StreamLease
+from ...stores.conversations import ConversationStore
 from ..deps import UserScope
 from ..schemas import ChunkAck, ChunksIn, CompleteIn
 
@@ -63,7 +64,7 @@ def _resume_point(last_event_id: str | None, after_seq: int | None) -> int:
     return after_seq or 0
 
 
-def _event(kind: str, data: dict[str, Any], event_id: int | None = None) -> str:
+def sse_event(kind: str, data: dict[str, Any], event_id: int | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
@@ -78,47 +79,57 @@ async def stream_message(
     start = _resume_point(last_event_id, after_seq)
     convs = scope.conversations
     await run_in_threadpool(convs.chunks, message_id, start, 1)  # 404 before streaming
-    loop = asyncio.get_running_loop()
+    return sse_response(message_events(convs, message_id, request, start))
 
-    async def events() -> AsyncIterator[str]:
-        wake = asyncio.Event()
 
-        def poke(_event: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(wake.set)
-
-        unsubscribe = convs.subscribe(message_id, poke)
-        last = start
-        idle = 0.0
-        try:
-            yield "retry: 1000\n\n"
-            while True:
-                wake.clear()
-                try:
-                    chunks, status = await run_in_threadpool(convs.chunks, message_id, last, 500)
-                except NotFound:
-                    yield _event("done", {"status": "deleted", "last_seq": last})
-                    return
-                for chunk in chunks:
-                    yield _event("chunk", {"seq": chunk.seq, "text": chunk.text}, chunk.seq)
-                    last = chunk.seq
-                if chunks:
-                    idle = 0.0
-                    if len(chunks) == 500:
-                        continue
-                if status != "streaming" and not chunks:
-                    yield _event("done", {"status": status, "last_seq": last})
-                    return
-                if await request.is_disconnected():
-                    return
-                try:
-                    await asyncio.wait_for(wake.wait(), POLL_S)
-                except TimeoutError:
-                    idle += POLL_S
-                    if idle >= HEARTBEAT_S:
-                        idle = 0.0
-                        yield ": keep-alive\n\n"
-        finally:
-            unsubscribe()
-
-    return StreamingResponse(events(), media_type="text/event-stream",
+def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def message_events(convs: ConversationStore, message_id: str, request: Request,
+                         start: int = 0, head: Sequence[str] = ()) -> AsyncIterator[str]:
+    """A message's SSE events: ``head`` (events made with ``sse_event``), then a
+    ``chunk`` per stored chunk after ``start`` as it becomes durable, then ``done``
+    with the final status. Also used by ``POST /api/chat`` for its reply."""
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+
+    def poke(_event: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(wake.set)
+
+    unsubscribe = convs.subscribe(message_id, poke)
+    last = start
+    idle = 0.0
+    try:
+        yield "retry: 1000\n\n"
+        for event in head:
+            yield event
+        while True:
+            wake.clear()
+            try:
+                chunks, status = await run_in_threadpool(convs.chunks, message_id, last, 500)
+            except NotFound:
+                yield sse_event("done", {"status": "deleted", "last_seq": last})
+                return
+            for chunk in chunks:
+                yield sse_event("chunk", {"seq": chunk.seq, "text": chunk.text}, chunk.seq)
+                last = chunk.seq
+            if chunks:
+                idle = 0.0
+                if len(chunks) == 500:
+                    continue
+            if status != "streaming" and not chunks:
+                yield sse_event("done", {"status": status, "last_seq": last})
+                return
+            if await request.is_disconnected():
+                return
+            try:
+                await asyncio.wait_for(wake.wait(), POLL_S)
+            except TimeoutError:
+                idle += POLL_S
+                if idle >= HEARTBEAT_S:
+                    idle = 0.0
+                    yield ": keep-alive\n\n"
+    finally:
+        unsubscribe()
