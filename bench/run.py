@@ -1,7 +1,8 @@
 """memvault benchmark suite: library calls, timed with ``time.perf_counter_ns``.
 
     python bench/run.py [--backend sqlite|postgresql|all] [--quick]
-                        [--sections entities,files,streams,conversations]
+                        [--sections entities,files,streams,conversations,vectors,retrieval,
+                                    graphs]
                         [--output bench/RESULTS.md]
 
 Every vault lives in a temporary directory (and, on PostgreSQL, a fresh database
@@ -24,7 +25,15 @@ if __package__ in (None, ""):  # run as `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "bench"  # noqa: A001
 
-from bench import conversations, entities, files, streams  # noqa: E402
+from bench import (  # noqa: E402
+    conversations,
+    entities,
+    files,
+    graphs,
+    retrieval,
+    streams,
+    vector_search,
+)
 from bench.common import (  # noqa: E402
     Config,
     Env,
@@ -41,6 +50,9 @@ SECTIONS: dict[str, Callable[[Env], list[Result]]] = {
     "files": files.run,
     "streams": streams.run,
     "conversations": conversations.run,
+    "vectors": vector_search.run,
+    "retrieval": retrieval.run,
+    "graphs": graphs.run,
 }
 HEADERS = ["operation", "n", "p50", "p99", "throughput", "target", "", "notes"]
 
