@@ -212,3 +212,40 @@ def blob_settings(tmp_path: Path, database_url: str | None, blob_store: str,
     return memvault.load_settings(data_dir=tmp_path / "data", database_url=database_url,
                                   password_hash="owasp", blob_store=blob_store,
                                   s3_endpoint_url=endpoint, embedder="hash")
+
+
+# Redis and Memcached (issue 8): real servers on loopback, one set per session
+# (tests that kill a server start their own from ``tests/servers.py``).
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.servers import RedisServer
+
+    if not RedisServer.available():
+        pytest.skip("redis-server is not installed (Debian package redis-server; .ci/run "
+                    "installs it)")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def memcached_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
+    """Two Memcached servers with SASL (PLAIN, ``tests.servers.SASL_USER``)."""
+    from tests.servers import MemcachedServer
+
+    if not MemcachedServer.available(sasl=True):
+        pytest.skip("memcached / saslpasswd2 are not installed (Debian packages memcached, "
+                    "sasl2-bin; .ci/run installs them)")
+    servers = [MemcachedServer(tmp_path_factory.mktemp(f"memcached{i}"), sasl=True)
+               for i in range(2)]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()

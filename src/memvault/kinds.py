@@ -168,6 +168,12 @@ KINDS: tuple[Kind, ...] = (
          description="messages of conversations"),
     Kind("message_chunks", schema.message_chunks, ("owner_id", "message_id", "seq"),
          owner="owner_id", description="chunks of messages saved while they streamed"),
+    Kind("agents", schema.agents, ("owner_id", "id"), owner="owner_id",
+         description="agents: name, kind, instructions, model, tools, config"),
+    Kind("runs", schema.runs, ("owner_id", "id"), owner="owner_id",
+         description="agent and workflow runs, newest kept per workflow"),
+    Kind("run_steps", schema.run_steps, ("owner_id", "run_id", "step"), owner="owner_id",
+         description="steps of runs, numbered 1, 2, … in order"),
     # Derived data (re-created by embedding the texts again): not exported, and
     # owned by no one, since it holds vectors and never who asked for them.
     Kind("embedding_cache", schema.embedding_cache, ("model_id", "text_sha256"), owner=None,
@@ -178,6 +184,14 @@ KINDS: tuple[Kind, ...] = (
     # not exported; forget-user still removes a user's jobs through owner_id.
     Kind("jobs", schema.jobs, ("id",), owner="owner_id", portable=False,
          description="background jobs (durable queue, with a bounded history)"),
+    # The cache's database tier: re-fetchable by definition, so not exported;
+    # ``owner_id`` "" holds the application-wide caches (no user owns them).
+    Kind("cache_entries", schema.cache_entries, ("owner_id", "namespace", "key"),
+         owner="owner_id", portable=False,
+         description="cache entries (database tier), with their expiry"),
+    Kind("cache_locks", schema.cache_locks, ("owner_id", "namespace", "key"),
+         owner="owner_id", portable=False,
+         description="single-flight claims of the cache's database tier"),
 )
 
 _BY_NAME = {k.name: k for k in KINDS}

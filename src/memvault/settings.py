@@ -108,6 +108,32 @@ class Settings(BaseSettings):
     #: Longest an upload with ``?wait=true`` waits for its documents to be
     #: indexed; past it the answer shows them still ``pending``/``indexing``.
     ingest_wait_s: float = Field(300, gt=0, le=3600)
+    # -- caches (cache/) ------------------------------------------------------
+    #: The caches' shared tier: unset → the vault's database; ``redis://…``;
+    #: ``memcached://host:port[,host:port…]``; ``memory://`` (in-process only).
+    cache_url: str | None = None
+    #: SASL credentials of the Memcached tier.
+    cache_username: str | None = None
+    cache_password: SecretStr | None = None
+    #: Bound of the in-process tier, in MiB (least recently used entries go).
+    cache_memory_mb: int = Field(64, ge=0, le=1_000_000)
+    #: How long the in-process tier may serve an entry without asking the
+    #: shared tier: another process's write is seen within this; 0 disables it.
+    cache_local_ttl_ms: int = Field(1000, ge=0, le=86_400_000)
+    #: Largest value a cache accepts (encoded), in KiB.
+    cache_max_value_kb: int = Field(1024, ge=1, le=1_048_576)
+    # -- live fan-out (live.py) -----------------------------------------------
+    #: Redis for publishing stream events to the other servers (defaults to
+    #: ``MEMVAULT_CACHE_URL`` when that is ``redis://…``).
+    pubsub_url: str | None = None
+    # -- runs (stores/runs.py) ------------------------------------------------
+    #: An HTTP-driven run not touched (steps, heartbeat) for this long becomes
+    #: ``interrupted``; library runs renew theirs while their process lives.
+    run_lease_s: float = Field(600, gt=0, le=86_400 * 30)
+    #: Finished runs kept per user and workflow (the newest by start).
+    runs_keep: int = Field(100, ge=1, le=10_000_000)
+    #: Finished runs older than this are deleted (unset: kept by count only).
+    runs_max_age_days: float | None = Field(None, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -19,7 +19,8 @@ __all__ = ["metadata", "users", "auth_tokens", "auth_failures", "entities", "blo
            "blob_parts", "documents", "conversations", "messages", "message_chunks",
            "embedding_cache", "jobs", "collections", "chunks", "chunk_tombstones",
            "graphs", "graph_nodes", "graph_edges", "graph_patterns", "graph_snapshots",
-           "extractions", "document_annotations",
+           "extractions", "document_annotations", "cache_entries", "cache_locks",
+           "agents", "runs", "run_steps",
            "UTCDateTime", "JSONType", "VectorType", "vector_bytes"]
 
 
@@ -514,4 +515,97 @@ graph_snapshots = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.ForeignKeyConstraint(["owner_id", "graph"], ["graphs.owner_id", "graphs.name"],
                             ondelete="CASCADE", name="fk_graph_snapshots_graph"),
+)
+
+# The cache's database tier (issue 8): one row per entry. ``owner_id`` is the
+# user of a ``scope.cache`` and "" for the application-wide ``vault.cache``.
+# ``value`` is the encoded entry (a one-byte tag, then JSON text or raw bytes);
+# ``expires_at`` is seconds since the epoch (NULL: no expiry), swept by a
+# background component through its index.
+cache_entries = sa.Table(
+    "cache_entries", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("namespace", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(1024), primary_key=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("expires_at", sa.Float),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_cache_entries_expires", "expires_at"),
+)
+
+# Single-flight across processes on the database tier: the process that claims
+# a missing key's row fetches; others wait for the entry (or for the claim to
+# lapse at ``expires_at``, seconds since the epoch, when its holder died).
+cache_locks = sa.Table(
+    "cache_locks", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("namespace", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(1024), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    # Set when the holder's fetch raised: waiters re-raise it instead of
+    # fetching again.
+    sa.Column("error", sa.Text),
+)
+
+# Agents and their runs (issue 8, seeds 002 and 003).
+agents = sa.Table(
+    "agents", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(64)),
+    sa.Column("instructions", sa.Text),
+    sa.Column("model", sa.String(200)),
+    sa.Column("tools", JSONType, nullable=False),
+    sa.Column("config", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# A run is ``running`` until completed (completed | failed | cancelled) or, when
+# its writer dies or its lease lapses, ``interrupted`` — like a streaming
+# message. ``writer`` names a library process holding it (NULL: HTTP-driven).
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("workflow", sa.String(200), nullable=False),
+    sa.Column("agent_id", ID),
+    sa.Column("conversation_id", ID),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("input", JSONType),
+    sa.Column("output", JSONType),
+    sa.Column("error", sa.Text),
+    sa.Column("metadata", JSONType, nullable=False),
+    sa.Column("step_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("writer", sa.String(200)),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+    # Listing newest first (ids are time-ordered), filtered by one field.
+    sa.Index("ix_runs_owner_workflow", "owner_id", "workflow", "id"),
+    sa.Index("ix_runs_owner_status", "owner_id", "status", "id"),
+    sa.Index("ix_runs_owner_agent", "owner_id", "agent_id", "id"),
+    # Retention: the newest finished runs of one (owner, workflow) by start.
+    sa.Index("ix_runs_retention", "owner_id", "workflow", "started_at", "id"),
+    # The sweeper finds lapsed leases through this.
+    sa.Index("ix_runs_status_lease", "status", "lease_expires_at"),
+)
+
+run_steps = sa.Table(
+    "run_steps", metadata,
+    sa.Column("owner_id", ID, primary_key=True),
+    sa.Column("run_id", ID, primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("agent", sa.String(200)),
+    sa.Column("action", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("result", JSONType),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.ForeignKeyConstraint(["owner_id", "run_id"], ["runs.owner_id", "runs.id"],
+                            ondelete="CASCADE", name="fk_run_steps_run"),
 )
