@@ -102,7 +102,7 @@ def test_upload_retakes_a_blob_awaiting_collection(
     scope.entities.create("E", entity_id="e")
     first = scope.files.add("e", "a.txt", b"same bytes")
     with monkeypatch.context() as patch:  # the collector has not run yet
-        patch.setattr("memvault.stores.files._collect_quietly", lambda *a: None)
+        patch.setattr("memvault.stores.files.collect_quietly", lambda *a: None)
         scope.files.delete("e", first.doc_id)
     assert _blob_rows(vault) == {first.sha256: 0}
     second = scope.files.add("e", "b.txt", b"same bytes")

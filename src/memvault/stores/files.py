@@ -42,7 +42,8 @@ from ._context import StoreContext
 from ._paging import DEFAULT_LIMIT, keyset_page
 
 __all__ = ["FileStore", "clean_filename", "collect_blob", "collect_garbage",
-           "release_entity_documents", "require_document", "INGEST_JOB", "INDEXING_DONE"]
+           "release_entity_documents", "release_blobs", "collect_quietly",
+           "require_document", "INGEST_JOB", "INDEXING_DONE"]
 
 log = structlog.get_logger(__name__)
 
@@ -142,7 +143,7 @@ class FileStore:
                 published = True
         except BaseException:
             if published:  # the commit failed: the bytes may be an orphan now
-                _collect_quietly(self._db, self._blobs, staged.sha256)
+                collect_quietly(self._db, self._blobs, staged.sha256)
             raise
         finally:
             staged.discard()
@@ -213,7 +214,7 @@ class FileStore:
             conn.execute(entities.update().where(entities.c.owner_id == self._owner,
                                                  entities.c.entity_id == entity_id)
                          .values(document_count=entities.c.document_count - 1))
-            _release(self._ctx, conn, [row.sha256])
+            release_blobs(self._ctx, conn, [row.sha256])
 
 
 def require_document(conn: Connection, owner_id: str, doc_id: str) -> None:
@@ -231,10 +232,13 @@ def release_entity_documents(ctx: StoreContext, conn: Connection, owner_id: str,
     shas = conn.execute(documents.delete().where(documents.c.owner_id == owner_id,
                                                  documents.c.entity_id == entity_id)
                         .returning(documents.c.sha256)).scalars().all()
-    _release(ctx, conn, shas)
+    release_blobs(ctx, conn, shas)
 
 
-def _release(ctx: StoreContext, conn: Connection, shas: Sequence[str]) -> None:
+def release_blobs(ctx: StoreContext, conn: Connection, shas: Sequence[str]) -> None:
+    """Drop one reference per entry of ``shas`` inside the caller's transaction
+    (any record kind that references blobs: documents, graph snapshots); blobs
+    left unreferenced are collected after the commit."""
     # One update per distinct blob, in sha order: two transactions releasing
     # overlapping sets lock the rows in the same order (no deadlock on PostgreSQL).
     for sha, references in sorted(Counter(shas).items()):
@@ -245,7 +249,7 @@ def _release(ctx: StoreContext, conn: Connection, shas: Sequence[str]) -> None:
             # Never inside this transaction: if it rolled back, its rows would
             # come back without their bytes. The row stays at refcount 0 until
             # the collector, after commit, finds it still unreferenced.
-            after_commit(conn, partial(_collect_quietly, ctx.db, ctx.blobs, sha))
+            after_commit(conn, partial(collect_quietly, ctx.db, ctx.blobs, sha))
 
 
 def collect_blob(db: Database, store: BlobStore, sha256: str) -> bool:
@@ -274,7 +278,9 @@ def collect_blob(db: Database, store: BlobStore, sha256: str) -> bool:
     return True
 
 
-def _collect_quietly(db: Database, store: BlobStore, sha256: str) -> None:
+def collect_quietly(db: Database, store: BlobStore, sha256: str) -> None:
+    """``collect_blob`` for after-commit callbacks: a failure is logged and left
+    to ``collect_garbage``, never raised into work that already committed."""
     try:
         collect_blob(db, store, sha256)
     except (MemvaultError, OSError):  # left for collect_garbage; the caller's work stands

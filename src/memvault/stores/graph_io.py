@@ -6,7 +6,7 @@ and versions are *snapshots*: the whole graph serialised to a content-addressed
 blob, referenced by a ``graph_snapshots`` row and counted in ``blobs.refcount``
 exactly as documents are (``stores/files.py``: publish inside the write
 transaction right after the upsert that locks the ``blobs`` row; release with
-``_release``, whose after-commit collector removes unreferenced bytes).
+``release_blobs``, whose after-commit collector removes unreferenced bytes).
 
 Everything that reads the whole graph does so under the graph row's lock
 (``GraphStore._open``), so a dump is one consistent version even on PostgreSQL,
@@ -49,7 +49,7 @@ from ..models import Page
 from ._context import StoreContext
 from ._paging import DEFAULT_LIMIT, keyset_page
 from ._text import check_text
-from .files import _collect_quietly, _release
+from .files import collect_quietly, release_blobs
 from .graphs import _edge_item, _node_item, _Tally
 
 if TYPE_CHECKING:
@@ -405,7 +405,7 @@ def release_snapshots(ctx: StoreContext, conn: Connection,
     inside the caller's transaction; returns how many went."""
     shas = conn.execute(graph_snapshots.delete().where(condition)
                         .returning(graph_snapshots.c.sha256)).scalars().all()
-    _release(ctx, conn, shas)
+    release_blobs(ctx, conn, shas)
     return len(shas)
 
 
@@ -444,7 +444,7 @@ def create_snapshot(store: GraphStore, label: str | None = None) -> GraphSnapsho
             _prune(conn, store, ctx.settings.graph_snapshots_keep)
     except BaseException:
         if published and staged is not None:  # the commit failed: maybe an orphan
-            _collect_quietly(db, ctx.blobs, staged.sha256)
+            collect_quietly(db, ctx.blobs, staged.sha256)
         raise
     finally:
         if staged is not None:
