@@ -295,6 +295,30 @@ class Env:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def open_env(backend: str, *, quick: bool = False) -> Iterator[Env]:
+    """An ``Env`` for one backend (``sqlite`` | ``postgresql``), starting an
+    embedded PostgreSQL for the latter and stopping it afterwards."""
+    pg = PostgresServer() if backend == "postgresql" else None
+    env = Env(backend=backend, config=Config.make(quick=quick), pg=pg)
+    try:
+        yield env
+    finally:
+        env.close()
+        if pg is not None:
+            pg.stop()
+
+
+def pin_one_cpu() -> set[int]:
+    """Pin this thread (and every thread and process started from it later)
+    to the last CPU; returns the previous set, for ``os.sched_setaffinity``.
+    On a 2-core machine this keeps the benchmark off the core the OS and the
+    database's other processes use most, so figures vary less between runs."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(before)})
+    return before
+
+
 # -- bulk fills (rows shaped as the stores write them) ------------------------------
 
 BATCH = 5_000

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import os
 import random
 import sys
 import time
@@ -59,13 +58,13 @@ import networkx as nx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import (  # noqa: E402
-    Config,
     Env,
-    PostgresServer,
     Result,
     Stats,
     fmt_ms,
     fmt_rate,
+    open_env,
+    pin_one_cpu,
     settle,
     stats,
 )
@@ -513,17 +512,6 @@ def run(env: Env) -> list[Result]:
     return to_results(measure_all(env, nodes, edges, log=lambda s: print(s, flush=True)))
 
 
-@contextlib.contextmanager
-def _env(backend: str) -> Iterator[Env]:
-    pg = PostgresServer() if backend == "postgresql" else None
-    env = Env(backend=backend, config=Config.make(quick=False), pg=pg)
-    try:
-        yield env
-    finally:
-        env.close()
-        if pg is not None:
-            pg.stop()
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -537,11 +525,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="append the markdown table to this file")
     args = parser.parse_args(argv)
     with contextlib.suppress(AttributeError, OSError):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})  # one core
+        pin_one_cpu()
     from memvault.logs import configure_logging
     from memvault.settings import load_settings
     configure_logging(load_settings(log_level="WARNING"))
-    with _env(args.backend) as env:
+    with open_env(args.backend) as env:
         report = measure_all(env, args.nodes, args.edges,
                              log=lambda s: print(s, flush=True), budget_s=args.budget)
     text = markdown(report)

@@ -78,6 +78,7 @@ from bench.common import (  # noqa: E402
     fmt_rate,
     machine_info,
     measure_interleaved,
+    pin_one_cpu,
     settle,
     stats,
 )
@@ -170,14 +171,6 @@ class Corpus:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-def pin_one_cpu() -> set[int]:
-    """Pin this thread (and every thread and process started from it later)
-    to the last CPU; returns the previous set, for ``os.sched_setaffinity``."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {max(before)})
-    return before
-
 
 class DbClock:
     """Time spent inside the database driver (cursor execute) of an engine."""

@@ -39,11 +39,10 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -61,6 +60,7 @@ from bench.common import (  # noqa: E402
     Stats,
     fmt_ms,
     measure,
+    open_env,
     settle,
     verdict,
 )
@@ -412,19 +412,6 @@ def table(n: int, measured: list[Measured]) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _env(backend: str) -> Iterator[Env]:
-    from bench.common import Config
-
-    pg = PostgresServer() if backend == "postgresql" else None
-    env = Env(backend=backend, config=Config.make(quick=False), pg=pg)
-    try:
-        yield env
-    finally:
-        env.close()
-        if pg is not None:
-            pg.stop()
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -448,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     from memvault.logs import configure_logging
     from memvault.settings import load_settings
     configure_logging(load_settings(log_level="WARNING"))
-    with _env(backend) as env:
+    with open_env(backend) as env:
         for n in args.n or [100_000]:
             print(f"N = {n:,} ({backend}) …", flush=True)
             measured = measure_all(n, methods, env, args.queries,
