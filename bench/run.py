@@ -2,7 +2,7 @@
 
     python bench/run.py [--backend sqlite|postgresql|all] [--quick]
                         [--sections entities,files,streams,conversations,vectors,retrieval,
-                                    graphs]
+                                    graphs,fanout,runs,cache]
                         [--output bench/RESULTS.md]
 
 Every vault lives in a temporary directory (and, on PostgreSQL, a fresh database
@@ -26,11 +26,14 @@ if __package__ in (None, ""):  # run as `python bench/run.py`
     __package__ = "bench"  # noqa: A001
 
 from bench import (  # noqa: E402
+    cache,
     conversations,
     entities,
+    fanout,
     files,
     graphs,
     retrieval,
+    runs,
     streams,
     vector_search,
 )
@@ -53,6 +56,9 @@ SECTIONS: dict[str, Callable[[Env], list[Result]]] = {
     "vectors": vector_search.run,
     "retrieval": retrieval.run,
     "graphs": graphs.run,
+    "fanout": fanout.run,
+    "runs": runs.run,
+    "cache": cache.run,
 }
 HEADERS = ["operation", "n", "p50", "p99", "throughput", "target", "", "notes"]
 

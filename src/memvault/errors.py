@@ -23,7 +23,7 @@ from __future__ import annotations
 __all__ = [
     "MemvaultError", "ConfigError", "MigrationFailed", "Invalid", "Unauthorized", "NotFound",
     "Conflict", "PayloadTooLarge", "TooManyRequests", "Unavailable", "ExtractionError",
-    "UnsupportedFile",
+    "UnsupportedFile", "CacheFetchError",
 ]
 
 
@@ -90,3 +90,10 @@ class TooManyRequests(MemvaultError):
 
 class Unavailable(MemvaultError):
     status, code, title = 503, "unavailable", "Service unavailable"
+
+
+class CacheFetchError(MemvaultError):
+    """Another process's fetch of the cache key this call waited for raised;
+    the message is that error's type and text."""
+
+    status, code, title = 502, "fetch_failed", "Fetch failed"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from .cache.core import Cache, Caches
 from .stores._context import StoreContext
+from .stores.agents import AgentStore
 from .stores.annotations import AnnotationStore
 from .stores.collections import CollectionStore
 from .stores.conversations import ConversationStore
@@ -13,6 +15,7 @@ from .stores.entities import EntityStore
 from .stores.extractions import ExtractionStore
 from .stores.files import FileStore
 from .stores.graphs import GraphStore
+from .stores.runs import RunStore
 
 __all__ = ["Scope"]
 
@@ -20,9 +23,10 @@ __all__ = ["Scope"]
 class Scope:
     """Assembles one owner's stores from the vault's store context."""
 
-    def __init__(self, ctx: StoreContext, owner_id: str) -> None:
+    def __init__(self, ctx: StoreContext, owner_id: str, caches: Caches | None = None) -> None:
         self.ctx = ctx
         self.owner_id = owner_id
+        self._caches = caches
 
     @cached_property
     def entities(self) -> EntityStore:
@@ -47,6 +51,24 @@ class Scope:
     @cached_property
     def annotations(self) -> AnnotationStore:
         return AnnotationStore(self.ctx, self.owner_id)
+
+    @cached_property
+    def agents(self) -> AgentStore:
+        return AgentStore(self.ctx, self.owner_id)
+
+    @cached_property
+    def runs(self) -> RunStore:
+        return RunStore(self.ctx, self.owner_id)
+
+    def cache(self, namespace: str) -> Cache:
+        """The owner's cache namespace ``namespace`` (no other user sees it).
+
+        Raises:
+            Invalid: a namespace that is not 1-200 letters, digits, ``_ - . :``.
+        """
+        if self._caches is None:
+            raise RuntimeError("this scope was built without the vault's caches")
+        return self._caches.view(self.owner_id, namespace)
 
     def graph(self, name: str = "default") -> GraphStore:
         """The owner's knowledge graph called ``name`` (created by its first write).

@@ -11,7 +11,14 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -20,6 +27,8 @@ __all__ = ["Settings", "load_settings", "revalidate"]
 
 # S3 bucket names: 3-63 lower-case letters, digits, dots and hyphens.
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# One Memcached server: host:port (a name, IPv4, or [IPv6]).
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$")
 
 
 def _is_loopback(host: str) -> bool:
@@ -34,7 +43,10 @@ def _is_loopback(host: str) -> bool:
 class Settings(BaseSettings):
     """memvault's configuration. Each field is read from ``MEMVAULT_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="MEMVAULT_", extra="ignore", frozen=True)
+    # validate_by_name: the few fields with aliases (seed 003's MEMCACHED_*) are
+    # still given by their names (``Settings(cache_url=…)``, ``revalidate``).
+    model_config = SettingsConfigDict(env_prefix="MEMVAULT_", extra="ignore", frozen=True,
+                                      validate_by_name=True, validate_by_alias=True)
 
     data_dir: Path = Path("./data")
     database_url: str | None = None
@@ -111,10 +123,16 @@ class Settings(BaseSettings):
     # -- caches (cache/) ------------------------------------------------------
     #: The caches' shared tier: unset → the vault's database; ``redis://…``;
     #: ``memcached://host:port[,host:port…]``; ``memory://`` (in-process only).
-    cache_url: str | None = None
-    #: SASL credentials of the Memcached tier.
-    cache_username: str | None = None
-    cache_password: SecretStr | None = None
+    #: Seed 003's ``MEMCACHED_SERVERS`` (``host:port,…``, no scheme) is taken
+    #: when this is unset, as ``memcached://…``.
+    cache_url: str | None = Field(None, validation_alias=AliasChoices(
+        "MEMVAULT_CACHE_URL", "MEMCACHED_SERVERS"))
+    #: SASL credentials of the Memcached tier (or ``MEMCACHED_USERNAME`` /
+    #: ``MEMCACHED_PASSWORD`` when these are unset).
+    cache_username: str | None = Field(None, validation_alias=AliasChoices(
+        "MEMVAULT_CACHE_USERNAME", "MEMCACHED_USERNAME"))
+    cache_password: SecretStr | None = Field(None, validation_alias=AliasChoices(
+        "MEMVAULT_CACHE_PASSWORD", "MEMCACHED_PASSWORD"))
     #: Bound of the in-process tier, in MiB (least recently used entries go).
     cache_memory_mb: int = Field(64, ge=0, le=1_000_000)
     #: How long the in-process tier may serve an entry without asking the
@@ -122,10 +140,16 @@ class Settings(BaseSettings):
     cache_local_ttl_ms: int = Field(1000, ge=0, le=86_400_000)
     #: Largest value a cache accepts (encoded), in KiB.
     cache_max_value_kb: int = Field(1024, ge=1, le=1_048_576)
-    # -- live fan-out (live.py) -----------------------------------------------
+    # -- live fan-out (live.py, fanout.py) -------------------------------------
     #: Redis for publishing stream events to the other servers (defaults to
     #: ``MEMVAULT_CACHE_URL`` when that is ``redis://…``).
     pubsub_url: str | None = None
+    #: ``auto``: tell the other servers of each committed chunk over Redis (when
+    #: one is set above) or PostgreSQL LISTEN/NOTIFY; ``off``: they poll only.
+    live_fanout: Literal["auto", "off"] = "auto"
+    #: How often a stream follower still re-reads the database while the push
+    #: channel is up (a safety net); every 100 ms while it is down or absent.
+    live_poll_ms: int = Field(1000, ge=10, le=3_600_000)
     # -- runs (stores/runs.py) ------------------------------------------------
     #: An HTTP-driven run not touched (steps, heartbeat) for this long becomes
     #: ``interrupted``; library runs renew theirs while their process lives.
@@ -155,6 +179,26 @@ class Settings(BaseSettings):
         if value.startswith("s3://") and _S3_BUCKET.match(bucket):
             return value
         raise ValueError("must be file, database or s3://bucket/prefix")
+
+    @field_validator("cache_url")
+    @classmethod
+    def _check_cache_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if "://" not in value and all(_HOST_PORT.match(part.strip())
+                                      for part in value.split(",")):
+            # seed 003's MEMCACHED_SERVERS: a bare host:port list
+            value = "memcached://" + ",".join(part.strip() for part in value.split(","))
+        if value.startswith("memcached://"):
+            servers = [p.strip() for p in value.removeprefix("memcached://").split(",")]
+            if not all(_HOST_PORT.match(p) for p in servers):
+                raise ValueError("must be memcached://host:port[,host:port…]")
+            return value
+        if value.startswith(("memory://", "redis://", "rediss://")):
+            return value
+        raise ValueError("must start with redis://, memcached:// or memory:// (unset: the "
+                         "database)")
 
     @field_validator("s3_endpoint_url", "embeddings_url", "llm_base_url")
     @classmethod
@@ -245,7 +289,8 @@ def _refuse_unknown(overrides: dict[str, object]) -> None:
 
 def _config_error(exc: ValidationError) -> ConfigError:
     err = exc.errors()[0]
-    name = ".".join(str(p) for p in err["loc"])
+    # an aliased field is named by its variable (MEMVAULT_CACHE_URL, …)
+    name = ".".join(str(p) for p in err["loc"]).removeprefix("MEMVAULT_")
     message = str(err["msg"]).removeprefix("Value error, ")
     if not name:  # a rule across fields names them itself
         return ConfigError(f"invalid settings: {message}")

@@ -18,7 +18,10 @@ from .backends.base import Database
 from .backends.migrate import upgrade
 from .background import Background, ComponentStats
 from .blobs import BlobStore, open_blob_store
+from .cache.core import Cache, Caches, CacheStats, make_tier
+from .cache.database import DatabaseTier
 from .errors import MemvaultError, Unavailable
+from .fanout import close_fanout, open_fanout
 from .jobs import JobQueue
 from .kinds import kinds
 from .live import LocalHub
@@ -30,6 +33,7 @@ from .scope import Scope
 from .settings import Settings, load_settings, revalidate
 from .stores._context import StoreContext
 from .stores.files import collect_garbage
+from .stores.runs import RunKeeper
 from .stores.streaming import (
     ChunkWriter,
     interrupt_message,
@@ -46,6 +50,10 @@ __all__ = ["Vault", "open"]
 
 log = structlog.get_logger(__name__)
 BLOB_COLLECT_INTERVAL_S = 300.0
+#: How often the cache's shared tier drops expired entries and lapsed claims.
+CACHE_SWEEP_INTERVAL_S = 60.0
+#: The cache namespace of embedding vectors (application-wide).
+EMBEDDINGS_NAMESPACE = "embeddings"
 #: How often the embedding cache's size is checked (free unless past the bound).
 EMBED_CACHE_CHECK_INTERVAL_S = 5.0
 #: How often documents whose indexing job died for good are looked for.
@@ -95,8 +103,12 @@ class Vault:
             raise
         self.users = UserStore(self.db, settings)
         self.hub = LocalHub()
+        # Other servers on this database hear of our chunks (LISTEN/NOTIFY or
+        # Redis); threads and connections start only when first needed.
+        self.fanout = open_fanout(settings, self.db, self.hub)
         self.writer_id = writer_identity()
         self.chunk_writer = ChunkWriter(self.db, self.hub, settings, self.writer_id)
+        self.run_keeper = RunKeeper(self.db, settings, self.writer_id)
         # Vectors: pgvector indexes them in PostgreSQL; on SQLite each
         # collection's index is derived from the rows (retrieval/ann.py).
         self.vectors: VectorIndexes | None = None
@@ -106,13 +118,20 @@ class Vault:
                                          exact_below=settings.ann_exact_below)
         self.ctx = StoreContext(db=self.db, blobs=self.blobs, hub=self.hub, settings=settings,
                                 writer_id=self.writer_id, streams=self.chunk_writer,
-                                embedder=lambda: self.embedder, vectors=self.vectors)
+                                embedder=lambda: self.embedder, vectors=self.vectors,
+                                run_keeper=self.run_keeper)
         self.background = Background()
         self.background.register(
             "stream-sweeper", max(0.2, min(settings.stream_lease_s / 3, 10.0)),
             lambda: self.sweep(check_dead_writers=True))
         self.background.register("stream-keeper", self.chunk_writer.housekeeping_interval_s,
                                  self.chunk_writer.housekeeping)
+        # Runs, as streams: abandoned ones end interrupted; open library runs
+        # keep their lease while this process lives.
+        self.background.register("run-sweeper", self.run_keeper.sweep_interval_s,
+                                 self.run_keeper.sweep)
+        self.background.register("run-keeper", self.run_keeper.renew_interval_s,
+                                 self.run_keeper.renew_leases)
         # What a crash left behind: refcount-0 blobs and stale temp files,
         # collected now and then every few minutes (a full scan of the store for
         # bytes no row references is `verify`'s job, not a periodic one).
@@ -128,13 +147,25 @@ class Vault:
         # The embedding cache is a table shared by every process; each keeps it
         # within MEMVAULT_EMBED_CACHE_MB. The embedder itself is built on first
         # use (``self.embedder``): loading a model must not slow the start.
-        self.embed_cache = EmbeddingCache(self.db, settings.embed_cache_mb * 1024 * 1024)
+        # The caches (``cache()``, ``scope.cache()``): an in-process LRU in front
+        # of the shared tier MEMVAULT_CACHE_URL names (unset: this database).
+        self.caches = Caches(settings, make_tier(settings, self.db))
+        # The embedding cache is the ``embeddings`` namespace of these caches in
+        # front of its own bounded table (which, with the default database tier,
+        # is that namespace's shared tier already).
+        self.embed_cache = EmbeddingCache(
+            self.db, settings.embed_cache_mb * 1024 * 1024,
+            front=(None if isinstance(self.caches.tier, DatabaseTier)
+                   else self.caches.view("", EMBEDDINGS_NAMESPACE)))
         self._embedder: CachedEmbedder | None = None
         self._embedder_lock = threading.Lock()
         self.background.register("embed-cache-eviction", EMBED_CACHE_CHECK_INTERVAL_S,
                                  self.embed_cache.maintain)
+        if self.caches.tier is not None:
+            self.background.register("cache-sweeper", CACHE_SWEEP_INTERVAL_S, self.caches.sweep)
         self.background.run_now("blob-collector")
         self.background.run_now("stream-sweeper")
+        self.background.run_now("run-sweeper")
         if sweep:
             self.background.start()
 
@@ -166,7 +197,19 @@ class Vault:
 
     def for_user(self, user_id: str) -> Scope:
         """The owner-scoped stores: ``.entities``, ``.files``, ``.conversations``."""
-        return Scope(self.ctx, user_id)
+        return Scope(self.ctx, user_id, self.caches)
+
+    def cache(self, namespace: str) -> Cache:
+        """The application-wide cache namespace ``namespace`` (see ``cache/core.py``).
+
+        Raises:
+            Invalid: a namespace that is not 1-200 letters, digits, ``_ - . :``.
+        """
+        return self.caches.view("", namespace)
+
+    def cache_stats(self) -> dict[str, CacheStats]:
+        """This process's cache counters per namespace (summed over owners)."""
+        return self.caches.stats()
 
     def reindex(self, entity_id: str | None = None,
                 progress: Callable[[int, int], None] | None = None) -> ReindexReport:
@@ -221,12 +264,15 @@ class Vault:
         """Stop background work; streams still open in this process end ``interrupted``."""
         self.jobs.close()
         self.background.stop()
+        self.caches.close()
         for reply in self.chunk_writer.active():
             with contextlib.suppress(MemvaultError):
                 reply.flush()
             interrupt_message(self.db, reply.owner_id, reply.message_id)
             self.hub.publish(reply.message_id, {"type": "done", "status": "interrupted"})
         self.chunk_writer.close()
+        self.run_keeper.close()
+        close_fanout(self.fanout, self.hub)
         if self._embedder is not None:  # an HTTP embedder holds a connection pool
             close = getattr(self._embedder.embedder, "close", None)
             if callable(close):

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from memvault import Vault
 from memvault.backends.schema import metadata
+from memvault.cache import CacheKey
 from memvault.jobs import enqueue
 from memvault.kinds import KINDS, UNREGISTERED_TABLES, kind, kinds
 
@@ -60,6 +61,13 @@ def _fill(vault: Vault, user_id: str) -> None:
                 edges=[{"from": "A", "to": "A", "type": "self", "strength": 0.5}],
                 patterns=[{"id": "p1", "type": "T", "match": {"type": "stock"}}])
     graph.snapshot("v1")  # a snapshot: a row referencing a blob
+    agent = scope.agents.create("bot", tools=["search"], config={"t": 0.5})  # issue 8
+    run = scope.runs.create("wf", agent_id=agent.id, input={"q": "✓"}, metadata={"n": 1.5})
+    scope.runs.append_step(run.id, "fetch", agent="bot", result={"data": [1, 2.5, None]})
+    scope.cache("api").set("quote", {"p": 1.5}, ttl=600)  # the cache's database tier
+    scope.cache("api").set("raw", b"\x00\xff")
+    assert vault.caches.tier is not None
+    vault.caches.tier.claim(CacheKey(user_id, "api", "slow"), f"holder-{user_id}", 600)
 
 
 def _plain(row: Any) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -231,3 +233,35 @@ def test_a_zero_bound_keeps_nothing(vault: Vault) -> None:
     cached.embed(["a"])
     assert len(inner.calls) == 2 and rows(vault) == 0
     assert cached.stats().misses == 2
+
+
+def test_the_embedding_cache_is_the_caches_embeddings_namespace(
+        tmp_path: Path, redis_server: Any) -> None:
+    """With a shared cache tier (Redis here), vectors go to the ``embeddings``
+    namespace too: a vault on another database finds them there and never
+    calls its model (seed 003's embedding cache in Memcached)."""
+    texts = ["first passage", "second passage"]
+    opened = [memvault.open(data_dir=tmp_path / name, embedder="hash", password_hash="owasp",
+                            cache_url=redis_server.url) for name in ("a", "b")]
+    try:
+        a, b = opened
+        inner_a, inner_b = Counting(HashEmbedder()), Counting(HashEmbedder())
+        first = CachedEmbedder(inner_a, a.embed_cache).embed(texts)
+        again = CachedEmbedder(inner_b, b.embed_cache).embed(texts)
+        assert inner_a.calls == [texts] and inner_b.calls == []
+        assert again.tobytes() == first.tobytes()
+        assert rows(b) == 0  # found in the namespace, not in b's own table
+        stats = b.cache_stats()["embeddings"]
+        assert stats.hits.get("redis") == 2 and stats.misses == 0
+    finally:
+        for v in opened:
+            v.close()
+
+
+def test_with_the_database_tier_the_table_is_the_namespace(vault: Vault) -> None:
+    # The default shared tier is the vault's database: vectors are kept once,
+    # in the bounded embedding table, not a second time as cache entries.
+    assert vault.embed_cache.front is None
+    vault.embedder.embed(["only in the table"])
+    assert rows(vault) == 1
+    assert "embeddings" not in vault.cache_stats()

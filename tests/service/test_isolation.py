@@ -29,6 +29,9 @@ def test_second_user_gets_404_everywhere(client: TestClient, auth: dict[str, str
         "nodes": [{"id": "a", "type": "t"}, {"id": "b", "type": "t"}],
         "edges": [{"from": "a", "to": "b", "type": "e"}], "patterns": [{"id": "p", "type": "T"}]})
     sid = client.post("/api/graphs/kg/snapshots", headers=auth, json={"label": "v1"}).json()["id"]
+    agent_id = client.post("/api/agents", headers=auth, json={"name": "mine"}).json()["id"]
+    run_id = client.post("/api/runs", headers=auth, json={"workflow": "wf"}).json()["id"]
+    client.post(f"/api/runs/{run_id}/steps", headers=auth, json={"action": "private"})
 
     other = register(client, "intruder@example.com")
     routes = [
@@ -90,6 +93,14 @@ def test_second_user_gets_404_everywhere(client: TestClient, auth: dict[str, str
         ("POST", "/api/graphs/kg/snapshots", {}), ("GET", "/api/graphs/kg/snapshots", None),
         ("POST", f"/api/graphs/kg/snapshots/{sid}/restore", None),
         ("DELETE", f"/api/graphs/kg/snapshots/{sid}", None),
+        ("GET", f"/api/agents/{agent_id}", None),
+        ("PATCH", f"/api/agents/{agent_id}", {"name": "z"}),
+        ("DELETE", f"/api/agents/{agent_id}", None),
+        ("GET", f"/api/runs/{run_id}", None),
+        ("POST", f"/api/runs/{run_id}/steps", {"action": "z"}),
+        ("POST", f"/api/runs/{run_id}/heartbeat", None),
+        ("POST", f"/api/runs/{run_id}/complete", {"status": "cancelled"}),
+        ("DELETE", f"/api/runs/{run_id}", None),
     ]
     for method, path, body in routes:
         r = client.request(method, path, headers=other, json=body)
@@ -100,6 +111,10 @@ def test_second_user_gets_404_everywhere(client: TestClient, auth: dict[str, str
     assert client.get("/api/entities", headers=other).json()["items"] == []
     assert client.get("/api/conversations", headers=other).json()["items"] == []
     assert client.get("/api/graphs", headers=other).json()["items"] == []
+    assert client.get("/api/agents", headers=other).json()["items"] == []
+    assert client.get("/api/runs", headers=other).json()["items"] == []
+    run = client.get(f"/api/runs/{run_id}", headers=auth).json()
+    assert (run["status"], run["step_count"]) == ("running", 1)
     assert client.get("/api/graphs/kg", headers=auth).json()["edge_count"] == 1
     assert [s["id"] for s in client.get("/api/graphs/kg/snapshots", headers=auth)
             .json()["items"]] == [sid]

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
+    from ..cache import Cache
     from .embedders import Embedder
 
 __all__ = ["EmbeddingCache", "CachedEmbedder", "CacheStats", "text_key"]
@@ -110,10 +111,16 @@ class EmbeddingCache:
 
     def __init__(self, db: Database, max_bytes: int, *,
                  clock: Callable[[], datetime] = utcnow, touch_after_s: float = 60.0,
-                 exact_every_s: float = 60.0) -> None:
+                 exact_every_s: float = 60.0, front: Cache | None = None) -> None:
         if max_bytes < 0:
             raise ValueError("max_bytes must not be negative")
         self.db = db
+        #: The vault cache's ``embeddings`` namespace, asked before the table and
+        #: filled from it: its in-process tier, and the Redis/Memcached servers
+        #: every replica shares when ``MEMVAULT_CACHE_URL`` names them (seed
+        #: 003's embedding cache). ``None`` when the cache's shared tier is this
+        #: database: the table is that tier already, and bounded.
+        self.front = front
         self.max_bytes = max_bytes
         self.clock = clock
         self.touch_after = timedelta(seconds=touch_after_s)
@@ -149,6 +156,16 @@ class EmbeddingCache:
         cached for ``model_id``, and refresh the recency of those gone stale.
         A row whose vector does not have ``dimensions`` float32 values is left out."""
         found: dict[str, tuple[bytes, int]] = {}
+        front = self.front
+        if front is not None:
+            names = {f"{model_id}/{key}": key for key in keys}
+            for name, data in front.get_many(names).items():
+                if isinstance(data, bytes) and data and len(data) % 4 == 0:
+                    found[names[name]] = (data, len(data) // 4)
+            keys = [key for key in keys if key not in found]
+            if not keys:
+                return found
+        from_table: dict[str, bytes] = {}
         stale: list[str] = []
         horizon = self.clock() - self.touch_after
         c = table.c
@@ -162,8 +179,11 @@ class EmbeddingCache:
                     if len(data) != 4 * dims:  # pragma: no cover - a damaged row
                         continue
                     found[key] = (data, dims)
+                    from_table[key] = data
                     if last_used < horizon:
                         stale.append(key)
+        if front is not None and from_table:
+            front.set_many({f"{model_id}/{key}": data for key, data in from_table.items()})
         if stale:
             try:
                 self._touch(model_id, stale)
@@ -205,6 +225,8 @@ class EmbeddingCache:
             stmt = self.db.backend.insert_ignore(table, ("model_id", "text_sha256"))
             for i in range(0, len(rows), IN_CHUNK):
                 conn.execute(stmt, rows[i:i + IN_CHUNK])
+        if self.front is not None:
+            self.front.set_many({f"{model_id}/{key}": data for key, data in vectors.items()})
         added = sum(len(data) + ROW_OVERHEAD for data in vectors.values())
         with self._lock:
             if self._estimate is not None:

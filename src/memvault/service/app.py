@@ -18,7 +18,9 @@ from .limits import BodyLimitMiddleware
 from .problems import install_handlers
 from .requests import NulGuardMiddleware, RequestIdMiddleware
 from .routes import (
+    agents,
     auth,
+    cache,
     chat,
     collections,
     conversations,
@@ -27,6 +29,7 @@ from .routes import (
     files,
     graphs,
     messages,
+    runs,
     sessions,
     system,
 )
@@ -80,8 +83,9 @@ def create_app(settings: Settings | None = None, vault: Vault | None = None) -> 
     app.add_middleware(RequestIdMiddleware)
     install_handlers(app)
     for module in (system, auth, entities, files, documents, collections, conversations,
-                   messages, sessions, chat, graphs):
+                   messages, sessions, chat, graphs, agents, runs):
         app.include_router(module.router)
+    app.include_router(cache.router)
     return app
 
 

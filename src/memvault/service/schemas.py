@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from ..ids import INT32_MAX
 from ..models import Conversation, Role, SearchMode
+from ..stores.agents import MAX_INSTRUCTIONS as AGENT_MAX_INSTRUCTIONS
+from ..stores.agents import MAX_TOOLS as AGENT_MAX_TOOLS
 from ..stores.collections import MAX_ITEMS, MAX_K
 from ..stores.graphs import MAX_BATCH as GRAPH_MAX_BATCH
+from ..stores.runs import MAX_ERROR_CHARS as RUN_MAX_ERROR_CHARS
+from ..stores.runs import StepStatus
 
 __all__ = ["RegisterIn", "LoginIn", "EntityIn", "EntityPatch", "ConversationIn",
            "ConversationPatch", "MessageIn", "ChunkIn", "ChunksIn", "CompleteIn",
@@ -278,3 +283,86 @@ class GraphBatchIn(_Exact):
 __all__ += ["GraphIn", "GraphNodeIn", "GraphNodePatch", "GraphEdgeKeyIn", "GraphEdgeIn",
             "GraphMatchIn", "GraphPatternIn", "GraphBatchNodeIn", "GraphBatchPatternIn",
             "GraphBatchIn"]
+
+
+# -- caches (/api/cache) ----------------------------------------------------------------
+
+class CacheValueIn(_Exact):
+    """``PUT /api/cache/{namespace}/{key}``: any JSON value (``null`` too)."""
+
+    value: Any
+    #: Seconds until the entry expires; absent: it does not.
+    ttl_s: Annotated[Number, Field(gt=0)] | None = None
+
+
+class CacheEntryOut(BaseModel):
+    key: str
+    value: Any
+    expires_at: datetime | None
+
+
+class CacheStatsOut(BaseModel):
+    """One namespace's counters in the process that answers."""
+
+    namespace: str
+    hits: int
+    misses: int
+    hit_ratio: float
+    sets: int
+    evictions: int
+
+
+__all__ += ["CacheValueIn", "CacheEntryOut", "CacheStatsOut"]
+
+
+# -- agents and runs (issue 8): the stores check ids, JSON and what they own ------
+
+class AgentIn(_In):
+    name: StrictStr = Field(min_length=1, max_length=200)
+    kind: StrictStr | None = Field(None, max_length=64)
+    instructions: StrictStr | None = Field(None, max_length=AGENT_MAX_INSTRUCTIONS)
+    model: StrictStr | None = Field(None, max_length=200)
+    tools: list[Annotated[StrictStr, Field(min_length=1, max_length=200)]] | None = Field(
+        None, max_length=AGENT_MAX_TOOLS)
+    config: dict[str, Any] | None = None
+
+
+class AgentPatch(_In):
+    """Only the fields sent change; ``null`` clears one (not ``name``)."""
+
+    name: StrictStr | None = Field(None, min_length=1, max_length=200)
+    kind: StrictStr | None = Field(None, max_length=64)
+    instructions: StrictStr | None = Field(None, max_length=AGENT_MAX_INSTRUCTIONS)
+    model: StrictStr | None = Field(None, max_length=200)
+    tools: list[Annotated[StrictStr, Field(min_length=1, max_length=200)]] | None = Field(
+        None, max_length=AGENT_MAX_TOOLS)
+    config: dict[str, Any] | None = None
+
+
+class RunIn(_In):
+    workflow: StrictStr = Field(min_length=1, max_length=200)
+    agent_id: StrictStr | None = Field(None, max_length=64)
+    conversation_id: StrictStr | None = Field(None, max_length=64)
+    input: Any = None
+    metadata: dict[str, Any] | None = None
+
+
+class RunStepIn(_In):
+    """``step`` (optional) makes the append idempotent: see ``RunStore.append_step``."""
+
+    agent: StrictStr | None = Field(None, max_length=200)
+    action: StrictStr = Field(min_length=1, max_length=200)
+    status: StepStatus = "completed"
+    result: Any = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    step: StrictInt | None = Field(None, ge=1, le=INT32_MAX)
+
+
+class RunCompleteIn(_In):
+    status: Literal["completed", "failed", "cancelled"]
+    output: Any = None
+    error: StrictStr | None = Field(None, max_length=RUN_MAX_ERROR_CHARS)
+
+
+__all__ += ["AgentIn", "AgentPatch", "RunIn", "RunStepIn", "RunCompleteIn"]

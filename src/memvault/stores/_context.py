@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..blobs import BlobStore
     from ..retrieval.ann import VectorIndexes
     from ..retrieval.embedders import Embedder
+    from .runs import RunKeeper
     from .streaming import ChunkWriter
 
 __all__ = ["StoreContext"]
@@ -41,3 +42,5 @@ class StoreContext:
     embedder: Callable[[], Embedder] | None = None
     #: The derived vector indexes of backends without native vectors (SQLite).
     vectors: VectorIndexes | None = None
+    #: Renews the leases of this process's open library runs (``runs.py``).
+    run_keeper: RunKeeper | None = None

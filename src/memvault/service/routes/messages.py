@@ -16,14 +16,11 @@ from ...errors import Invalid, NotFound
 from ...ids import INT32_MAX, parse_int
 from ...models import Message, StreamLease
 from ...stores.conversations import ConversationStore
-from ..deps import UserScope
+from ..deps import UserScope, get_vault
 from ..schemas import ChunkAck, ChunksIn, CompleteIn
 
 router = APIRouter(prefix="/api/messages", tags=["messages"])
 
-#: How often a follower re-reads the database when no local event woke it (a
-#: writer in another process or on another machine).
-POLL_S = 0.1
 HEARTBEAT_S = 15.0
 
 
@@ -99,6 +96,10 @@ async def message_events(convs: ConversationStore, message_id: str, request: Req
         loop.call_soon_threadsafe(wake.set)
 
     unsubscribe = convs.subscribe(message_id, poke)
+    # A follower is woken by local events and, from other processes, by the live
+    # fan-out; it re-reads the database at least this often (shorter while the
+    # fan-out is down or absent).
+    hub = get_vault(request).hub
     last = start
     idle = 0.0
     try:
@@ -124,10 +125,11 @@ async def message_events(convs: ConversationStore, message_id: str, request: Req
                 return
             if await request.is_disconnected():
                 return
+            poll_s = min(hub.poll_interval_s, HEARTBEAT_S)
             try:
-                await asyncio.wait_for(wake.wait(), POLL_S)
+                await asyncio.wait_for(wake.wait(), poll_s)
             except TimeoutError:
-                idle += POLL_S
+                idle += poll_s
                 if idle >= HEARTBEAT_S:
                     idle = 0.0
                     yield ": keep-alive\n\n"
