@@ -316,9 +316,19 @@ def test_two_servers_on_one_sqlite_file_keep_the_vector_index_in_step(tmp_path: 
     files: dict[str, Path] = {}  # entity -> its index file
 
     def new_file(entity: str) -> None:
-        made = set(indexes.glob("*.usearch")) - set(files.values())
+        # Graphs are built in the background: the file follows shortly after.
+        deadline = time.monotonic() + 60
+        while not (made := set(indexes.glob("*.usearch")) - set(files.values())):
+            assert time.monotonic() < deadline, "no index file was built"
+            time.sleep(0.05)
         assert len(made) == 1, made
         files[entity] = made.pop()
+
+    def all_saved() -> None:  # before a stop, which would abandon a build
+        deadline = time.monotonic() + 60
+        while sorted(indexes.glob("*.usearch")) != sorted(files.values()):
+            assert time.monotonic() < deadline, "the index files were not built again"
+            time.sleep(0.05)
 
     a = Server(settings, ann_exact_below=EXACT_BELOW)
     b = Server(settings, ann_exact_below=EXACT_BELOW)
@@ -395,6 +405,7 @@ def test_two_servers_on_one_sqlite_file_keep_the_vector_index_in_step(tmp_path: 
         with a.client() as on_a, b.client() as on_b:
             assert _answers(on_b, h, vectors, queries) == before
             assert _answers(on_a, h, vectors, queries) == before
+        all_saved()
         a.stop()
         b.stop()
         rebuilt = b.log.read_text()[log_at:]

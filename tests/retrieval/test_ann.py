@@ -2,6 +2,8 @@
 exact and HNSW agree, rows committed by another process are found, deleted
 rows never come back, a missing, corrupt or out-of-date index file is rebuilt
 with the same answers, candidates and dimensions restrict, threads are safe.
+Graphs are built in the background while the collection answers exactly; a
+build is never run twice at once for a collection and stops when closed.
 
 ``exact_below`` is set low so a few hundred vectors exercise the HNSW path.
 """
@@ -14,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +32,8 @@ from memvault.backends.base import Database
 from memvault.backends.schema import chunk_tombstones, chunks
 from memvault.errors import Invalid
 from memvault.ids import utcnow
-from memvault.retrieval.ann import VectorIndexes
+from memvault.retrieval import ann
+from memvault.retrieval.ann import VectorIndexes, _digest
 
 DIMS = 32
 HNSW = 50  # exact_below that makes a few hundred vectors an HNSW graph
@@ -101,11 +105,19 @@ def ids_of(found: list[tuple[int, float]]) -> list[int]:
     return [i for i, _ in found]
 
 
+def built(ix: VectorIndexes, owner: str, entity: str = "e1", dims: int = DIMS) -> None:
+    """Load the collection and wait for its graph, built in the background."""
+    ix.search(owner, entity, dims, clustered(1, dims)[0], 1)
+    assert ix.wait_for_builds(60), "the background build did not finish"
+
+
 def test_exact_and_hnsw_agree_with_the_rows(vault: Vault, owner: str, tmp_path: Path) -> None:
     ids = add_rows(vault.db, owner, "e1", clustered(600))
     exact = VectorIndexes(vault.db, tmp_path / "a", exact_below=EXACT)
     graph = VectorIndexes(vault.db, tmp_path / "b", exact_below=HNSW)
     try:
+        built(graph, owner)
+        assert graph.stats()["graphs"] == 1 and exact.stats()["graphs"] == 0
         overlap = []
         for q in clustered(30, seed=7):
             truth = brute(vault.db, owner, "e1", q, 10)
@@ -138,6 +150,7 @@ def test_rows_committed_by_another_process_are_found(vault: Vault, owner: str,
     add_rows(vault.db, owner, "e1", clustered(200))
     q = clustered(1, seed=99)[0]
     assert len(indexes.search(owner, "e1", DIMS, q, 5)) == 5  # loaded, caught up
+    assert indexes.wait_for_builds(60)
     script = (
         "import sqlite3, sys, numpy as np\n"
         "db = sqlite3.connect(sys.argv[1]); v = np.frombuffer(bytes.fromhex(sys.argv[3]), '<f4')\n"
@@ -161,6 +174,7 @@ def test_rows_committed_by_another_process_are_found(vault: Vault, owner: str,
 def test_deleted_rows_are_never_returned(vault: Vault, owner: str,
                                          indexes: VectorIndexes) -> None:
     ids = add_rows(vault.db, owner, "e1", clustered(300))
+    built(indexes, owner)
     queries = clustered(10, seed=3)
     deleted: set[int] = set()
     for q in queries:
@@ -187,6 +201,7 @@ def test_missing_or_corrupt_index_file_is_rebuilt(vault: Vault, owner: str, tmp_
                                                   damage: str) -> None:
     add_rows(vault.db, owner, "e1", clustered(400))
     first = VectorIndexes(vault.db, tmp_path / "ix", exact_below=HNSW)
+    built(first, owner)
     before = _graph_answers(first, owner)
     first.close()
     (path,) = (tmp_path / "ix").glob("*.usearch")
@@ -203,8 +218,12 @@ def test_missing_or_corrupt_index_file_is_rebuilt(vault: Vault, owner: str, tmp_
         path.write_bytes(data[:-40] + b"\xff" * 40)
     again = VectorIndexes(vault.db, tmp_path / "ix", exact_below=HNSW)
     try:
-        assert _graph_answers(again, owner) == before
+        for q, found in zip(clustered(15, seed=5), _graph_answers(again, owner), strict=True):
+            assert found[0] == brute(vault.db, owner, "e1", q, 1)[0]  # exact until built
         assert again.stats()["rebuilds"] == (0 if damage == "none" else 1)
+        assert again.wait_for_builds(60)
+        assert _graph_answers(again, owner) == before
+        assert again.stats()["graphs"] == 1
         assert path.exists(), "the rebuilt graph is saved again"
     finally:
         again.close()
@@ -214,7 +233,7 @@ def test_index_file_older_than_the_rows_catches_up(vault: Vault, owner: str,
                                                    tmp_path: Path) -> None:
     ids = add_rows(vault.db, owner, "e1", clustered(300))
     first = VectorIndexes(vault.db, tmp_path / "ix", exact_below=HNSW)
-    first.search(owner, "e1", DIMS, clustered(1)[0], 3)
+    built(first, owner)
     first.close()
     delete_rows(vault.db, ids[:100])
     new = add_rows(vault.db, owner, "e1", clustered(50, seed=11))
@@ -246,7 +265,7 @@ def test_restored_database_rebuilds_the_index(tmp_path: Path) -> None:
         dst.close()
     later = add_rows(vault.db, uid, "e1", clustered(200, seed=1))
     ix = VectorIndexes(vault.db, tmp_path / "ix", exact_below=HNSW)
-    ix.search(uid, "e1", DIMS, clustered(1)[0], 3)
+    built(ix, uid)
     ix.close()
     vault.close()
     for suffix in ("-wal", "-shm"):
@@ -271,7 +290,7 @@ def test_pruned_tombstones_rebuild_the_index(vault: Vault, owner: str, tmp_path:
     """Deletions whose tombstones are gone are noticed by the count check."""
     ids = add_rows(vault.db, owner, "e1", clustered(300))
     first = VectorIndexes(vault.db, tmp_path / "ix", exact_below=HNSW)
-    first.search(owner, "e1", DIMS, clustered(1)[0], 3)
+    built(first, owner)
     first.close()
     delete_rows(vault.db, ids[:30])
     with vault.db.write() as conn:
@@ -291,6 +310,7 @@ def test_candidates_restrict_the_search(vault: Vault, owner: str,
     vecs = clustered(300)
     ids = add_rows(vault.db, owner, "e1", vecs)
     other = add_rows(vault.db, owner, "e2", clustered(20))
+    built(indexes, owner)
     rng = np.random.default_rng(1)
     allowed = sorted(int(i) for i in rng.choice(ids, 40, replace=False))
     q = clustered(1, seed=9)[0]
@@ -330,6 +350,7 @@ def test_collections_and_owners_are_apart_and_drop_forgets(vault: Vault, owner: 
     assert sorted(ids_of(indexes.search(owner, "e1", DIMS, q, 1000))) == mine
     assert sorted(ids_of(indexes.search(other, "e1", DIMS, q, 1000))) == theirs
     assert indexes.search(owner, "e2", DIMS, q, 10) == []
+    assert indexes.wait_for_builds(60)
     assert len(list((tmp_path / "ix").glob("*.usearch"))) == 2
     vault.for_user(owner).entities.delete("e1")
     indexes.drop(owner, "e1")
@@ -415,3 +436,167 @@ def test_the_local_embedder_loads_after_an_hnsw_graph_was_built() -> None:
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "(1, 384)" in done.stdout
+
+
+# -- graphs built in the background -------------------------------------------------------
+
+class SlowBuilds:
+    """Holds each batch the builder thread adds to a graph until ``release()``
+    (searches keep going meanwhile) and records how many builds ran at once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.lock = threading.Lock()
+        self.running: dict[tuple[str, str, int], int] = {}
+        self.most_at_once = 0
+        add, build = ann._Hnsw.add, VectorIndexes._build
+
+        def slow_add(graph: ann._Hnsw, *args: object, **kwargs: object) -> None:
+            if threading.current_thread().name == "memvault-ann-build":
+                self.started.set()
+                self.gate.wait(30)
+            add(graph, *args, **kwargs)  # type: ignore[arg-type]
+
+        def counted_build(ix: VectorIndexes, key: tuple[str, str, int], reason: str) -> None:
+            with self.lock:
+                self.running[key] = self.running.get(key, 0) + 1
+                self.most_at_once = max(self.most_at_once, sum(self.running.values()))
+            try:
+                build(ix, key, reason)
+            finally:
+                with self.lock:
+                    self.running[key] -= 1
+
+        monkeypatch.setattr(ann._Hnsw, "add", slow_add)
+        monkeypatch.setattr(VectorIndexes, "_build", counted_build)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def test_a_missing_file_is_built_in_the_background_while_searches_answer_exactly(
+        vault: Vault, owner: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = add_rows(vault.db, owner, "e1", clustered(400))
+    first = VectorIndexes(vault.db, tmp_path / "ix", exact_below=HNSW)
+    built(first, owner)
+    first.close()
+    (path,) = (tmp_path / "ix").glob("*.usearch")
+    path.unlink()  # e.g. deleted, or never built before a bulk load
+    slow = SlowBuilds(monkeypatch)
+    ix = VectorIndexes(vault.db, tmp_path / "ix", exact_below=HNSW)
+    try:
+        queries = clustered(10, seed=8)
+        for q in queries:  # answered at once, exactly, while the graph is being built
+            assert ids_of(ix.search(owner, "e1", DIMS, q, 10)) == brute(vault.db, owner, "e1",
+                                                                        q, 10)
+        assert slow.started.wait(30)
+        stats = ix.stats()
+        assert (stats["building"], stats["graphs"], stats["rebuilds"]) == (1, 0, 1)
+        # Written while the graph is built: found now, and by the graph once swapped in.
+        new = add_rows(vault.db, owner, "e1", clustered(20, seed=21))
+        delete_rows(vault.db, ids[:50])
+        for q in clustered(5, seed=21):
+            assert ids_of(ix.search(owner, "e1", DIMS, q, 10)) == brute(vault.db, owner, "e1",
+                                                                        q, 10)
+        slow.release()
+        assert ix.wait_for_builds(60)
+        assert path.exists()
+        found = ids_of(ix.search(owner, "e1", DIMS, clustered(1, seed=21)[0], 1000))
+        assert ix.stats()["graphs"] == 1 and ix.stats()["builds"] == 1
+        assert sorted(found) == sorted(ids[50:] + new)
+    finally:
+        ix.close()
+    again = VectorIndexes(vault.db, tmp_path / "ix", exact_below=HNSW)
+    try:  # the file built in the background is the one used next time
+        q = clustered(1, seed=22)[0]
+        assert ids_of(again.search(owner, "e1", DIMS, q, 1)) == brute(vault.db, owner, "e1", q, 1)
+        stats = again.stats()
+        assert (stats["graphs"], stats["rebuilds"], stats["building"]) == (1, 0, 0)
+    finally:
+        again.close()
+
+
+def test_one_build_per_collection_at_a_time(vault: Vault, owner: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    for j, entity in enumerate(("e1", "e2")):
+        add_rows(vault.db, owner, entity, clustered(200, seed=j))
+    slow = SlowBuilds(monkeypatch)
+    # A budget of one byte evicts the other collection at every search: each
+    # reload finds no file yet and asks for a graph again.
+    ix = VectorIndexes(vault.db, tmp_path / "ix", exact_below=HNSW, memory_budget=1)
+    errors: list[BaseException] = []
+
+    def searcher(seed: int) -> None:
+        try:
+            for n, q in enumerate(clustered(30, seed=seed)):
+                entity = ("e1", "e2")[n % 2]
+                assert len(ix.search(owner, entity, DIMS, q, 5)) == 5
+        except BaseException as exc:  # noqa: BLE001 (reported by the test)
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=searcher, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        assert slow.started.wait(30)
+        assert ix.stats()["building"] == 2  # one running, the other queued
+        slow.release()
+        assert ix.wait_for_builds(60)
+        assert slow.most_at_once == 1
+        assert len(list((tmp_path / "ix").glob("*.usearch"))) == 2
+    finally:
+        slow.release()
+        ix.close()
+
+
+def test_close_stops_a_build_and_publishes_no_file(vault: Vault, owner: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    add_rows(vault.db, owner, "e1", clustered(400))
+    monkeypatch.setattr(ann, "_BUILD_BATCH", 10)  # forty batches: close() comes mid-build
+    slow = SlowBuilds(monkeypatch)
+    ix = VectorIndexes(vault.db, tmp_path / "ix", exact_below=HNSW)
+    assert len(ix.search(owner, "e1", DIMS, clustered(1)[0], 5)) == 5
+    assert slow.started.wait(30)
+    closer = threading.Thread(target=ix.close)
+    closer.start()
+    deadline = time.monotonic() + 30
+    while not ix._stopping.is_set():  # close() has begun: it waits for this batch only
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    slow.release()
+    closer.join(30)
+    assert not closer.is_alive()
+    assert not [t for t in threading.enumerate() if t.name == "memvault-ann-build"]
+    assert ix.stats()["builds"] == 0
+    assert not list((tmp_path / "ix").iterdir()), "no file, not even a temporary one"
+    # A temporary file a crashed save left behind is never taken for an index.
+    (tmp_path / "ix" / f".{_digest(owner, 'e1')}.32.usearch.1.dead.tmp").write_bytes(b"x" * 64)
+    again = VectorIndexes(vault.db, tmp_path / "ix", exact_below=HNSW)
+    try:
+        built(again, owner)
+        assert again.stats()["graphs"] == 1 and again.stats()["builds"] == 1
+    finally:
+        again.close()
+
+
+def test_a_collection_dropped_while_its_graph_is_built_leaves_no_file(
+        vault: Vault, owner: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    add_rows(vault.db, owner, "e1", clustered(200))
+    slow = SlowBuilds(monkeypatch)
+    ix = VectorIndexes(vault.db, tmp_path / "ix", exact_below=HNSW)
+    try:
+        ix.search(owner, "e1", DIMS, clustered(1)[0], 5)
+        assert slow.started.wait(30)
+        vault.for_user(owner).entities.delete("e1")
+        ix.drop(owner, "e1")
+        slow.release()
+        assert ix.wait_for_builds(60)
+        assert not list((tmp_path / "ix").glob("*.usearch"))
+        assert ix.search(owner, "e1", DIMS, clustered(1)[0], 5) == []
+    finally:
+        slow.release()
+        ix.close()

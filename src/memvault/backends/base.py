@@ -120,16 +120,49 @@ class Backend:
         among the chunks matching ``scope`` and ``conditions``."""
         raise NotImplementedError
 
+    def vector_ranking(self, scope: sa.ColumnElement[bool],
+                       conditions: Sequence[sa.ColumnElement[bool]], dims: int) -> sa.Subquery:
+        """The chunks nearest a query vector by the database's own vector index
+        (``has_vector`` backends only), among the ``dims``-dimension chunks
+        matching ``scope`` and ``conditions``: a subquery of ``id`` and cosine
+        ``distance``, at most ``k`` rows, in no guaranteed order. The vector and
+        ``k`` are bound at execution (``vector_params``), so a caller can build
+        the statement once and join the rows it needs to it."""
+        raise NotImplementedError
+
+    def vector_params(self, conn: Connection, vector: NDArray[np.float32],
+                      k: int) -> dict[str, Any]:
+        """The parameters of a ``vector_ranking`` statement; makes ``conn``
+        ready to run it (session settings)."""
+        raise NotImplementedError
+
     def vector_search(self, conn: Connection, scope: sa.ColumnElement[bool],
                       conditions: Sequence[sa.ColumnElement[bool]],
                       vector: NDArray[np.float32], limit: int) -> list[tuple[int, float]]:
-        """Nearest ``(chunks.id, cosine similarity)`` by the database's own
-        vector index (``has_vector`` backends only)."""
-        raise NotImplementedError
+        """Nearest ``(chunks.id, cosine similarity)``, best first (ties: lower
+        id first), by the database's own vector index (``has_vector`` backends only)."""
+        ranked = self.vector_ranking(scope, conditions, int(vector.size))
+        rows = conn.execute(sa.select(ranked.c.id, ranked.c.distance),
+                            self.vector_params(conn, vector, limit))
+        found = [(int(pk), 1.0 - float(d)) for pk, d in rows]
+        found.sort(key=lambda item: (-item[1], item[0]))
+        return found
 
     def begin_write(self, conn: Connection) -> None:
         """Start a write transaction on ``conn``."""
         conn.begin()
+
+    def begin_snapshot(self, conn: Connection) -> Connection:
+        """Start a read-only transaction on ``conn`` (fresh from the engine, not
+        in a transaction) in which every statement sees one consistent snapshot
+        while writers continue (export, backup); returns the connection to use.
+        The caller ends it with ``rollback()``."""
+        raise NotImplementedError
+
+    def reset_identity(self, conn: Connection, table: sa.Table) -> None:
+        """After rows were inserted into ``table`` with explicit values of its
+        generated integer key: make the next generated value follow every value
+        used (never lower: ids such as ``chunks.id`` are never reused)."""
 
     # -- stream leases and the group commit of chunks --------------------------
     # A lease is compared with the clock of whoever set it. Where several hosts

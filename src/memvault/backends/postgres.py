@@ -39,6 +39,11 @@ HNSW_EF_CONSTRUCTION = 64
 #: ``hnsw.ef_search`` is at least this, and at least twice the results asked for.
 HNSW_EF_SEARCH = 100
 
+#: Where a pooled connection records the ``hnsw.ef_search`` its session holds.
+_HNSW_EF_KEY = "memvault.hnsw_ef_search"
+_SET_HNSW = sa.text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', :local), "
+                    "set_config('hnsw.ef_search', :ef, :local)")
+
 # An arbitrary constant: the advisory lock that serialises migrations.
 _MIGRATION_LOCK = 0x6D656D76
 
@@ -153,28 +158,43 @@ class PostgresBackend(Backend):
                 raise
         self._vector_indexes.add(dims)
 
-    def vector_search(self, conn: Connection, scope: sa.ColumnElement[bool],
-                      conditions: Sequence[sa.ColumnElement[bool]],
-                      vector: NDArray[np.float32], limit: int) -> list[tuple[int, float]]:
+    def vector_ranking(self, scope: sa.ColumnElement[bool],
+                       conditions: Sequence[sa.ColumnElement[bool]], dims: int) -> sa.Subquery:
         from pgvector.sqlalchemy import VECTOR
 
-        dims = int(vector.size)
         # Literal dimensions: the partial index's predicate must be provable
-        # from the query text, also under a generic plan.
+        # from the query text, also under a generic plan. The ORDER BY is the
+        # indexed expression itself, so the planner can walk the HNSW graph;
+        # iterative scans return rows in relaxed order: the caller sorts them.
         as_vector = sa.cast(chunks.c.embedding, VECTOR(dims))
         distance = as_vector.op("<=>", return_type=sa.Float)(
-            sa.bindparam("q", vector, type_=VECTOR(dims))).label("distance")
-        query = (sa.select(chunks.c.id, distance)
-                 .where(scope, chunks.c.dimensions == sa.literal_column(str(dims)), *conditions)
-                 .order_by(sa.literal_column("distance")).limit(limit))
-        # Iterative scans: a filtered query still finds ``limit`` rows (pgvector
-        # 0.8); relaxed order is re-sorted below.
-        conn.execute(sa.text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', false), "
-                             "set_config('hnsw.ef_search', :ef, false)"),
-                     {"ef": str(max(HNSW_EF_SEARCH, 2 * limit))})
-        found = [(int(pk), 1.0 - float(d)) for pk, d in conn.execute(query)]
-        found.sort(key=lambda item: (-item[1], item[0]))
-        return found
+            sa.bindparam("q", type_=VECTOR(dims))).label("distance")
+        return (sa.select(chunks.c.id, distance)
+                .where(scope, chunks.c.dimensions == sa.literal_column(str(dims)), *conditions)
+                .order_by(sa.literal_column("distance"))
+                .limit(sa.bindparam("k", type_=sa.Integer)).subquery("ranked"))
+
+    def vector_params(self, conn: Connection, vector: NDArray[np.float32],
+                      k: int) -> dict[str, Any]:
+        self._hnsw_settings(conn, max(HNSW_EF_SEARCH, 2 * k))
+        return {"q": vector, "k": k}
+
+    @staticmethod
+    def _hnsw_settings(conn: Connection, ef_search: int) -> None:
+        """Iterative scans (a filtered query still finds ``limit`` rows, pgvector
+        0.8; relaxed order is re-sorted by the caller) and ``ef_search``.
+
+        On an autocommit connection (every read) they are session settings,
+        sent only when the pooled connection does not hold them yet: the
+        statement was a round trip to the server per search, as costly as the
+        search itself on a busy host. In a transaction they are local to it
+        (a rollback would undo a session setting without our knowing)."""
+        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        if autocommit and conn.info.get(_HNSW_EF_KEY) == ef_search:
+            return
+        conn.execute(_SET_HNSW, {"ef": str(ef_search), "local": not autocommit})
+        if autocommit:  # the info dict lives as long as the server connection
+            conn.info[_HNSW_EF_KEY] = ef_search
 
     def upsert(self, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str],
                set_: Mapping[str, Any]) -> sa.Executable:
@@ -183,6 +203,27 @@ class PostgresBackend(Backend):
 
     def insert_ignore(self, table: sa.Table, keys: Sequence[str]) -> sa.Executable:
         return pg_insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
+    def begin_snapshot(self, conn: Connection) -> Connection:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ",
+                                      postgresql_readonly=True)
+        conn.begin()
+        conn.execute(sa.text("SELECT 1"))  # the snapshot is taken by the first statement
+        return conn
+
+    def reset_identity(self, conn: Connection, table: sa.Table) -> None:
+        column = table.autoincrement_column
+        if column is None:
+            return
+        seq = conn.execute(sa.text("SELECT pg_get_serial_sequence(:t, :c)"),
+                           {"t": table.name, "c": column.name}).scalar()
+        top = conn.execute(sa.select(sa.func.max(column))).scalar()
+        if seq is None or top is None:
+            return
+        last = conn.execute(sa.text("SELECT pg_sequence_last_value(CAST(:s AS regclass))"),
+                            {"s": seq}).scalar()
+        conn.execute(sa.text("SELECT setval(CAST(:s AS regclass), :v)"),
+                     {"s": seq, "v": max(int(top), int(last or 0))})
 
     @contextlib.contextmanager
     def migration_lock(self, engine: Engine) -> Iterator[None]:

@@ -26,6 +26,16 @@ beyond anything the database ever issued, or a vector count that differs
 from the rows: the database was restored, or tombstones were pruned) is
 rebuilt from the rows, and that is logged.
 
+Building a graph takes minutes at 100,000 vectors, so it never happens inside
+a search: the collection is loaded as a matrix at once (reading the rows takes
+seconds) and answers exactly, while one background thread builds the graph
+from a copy of it, catches the graph up with what was written meanwhile, saves
+it, and swaps it in. Builds are queued and run one at a time (CPU and memory
+stay bounded when many collections need one, and a collection never has two);
+``close`` stops a build between two batches and leaves no file behind (a file
+is only ever published whole, by rename). While it builds, a collection holds
+its vectors twice (matrix and graph).
+
 The file is one file, ``<sha256(owner, entity)>.<dims>.usearch``: the usearch
 payload followed by a trailer (JSON: format version, dims, count, high-water
 marks, payload length and CRC-32) and its length and magic. The trailer is the
@@ -33,8 +43,8 @@ marks, payload length and CRC-32) and its length and magic. The trailer is the
 with two files, a worker could read one worker's graph with another's marks.
 Files are written to a temporary name, fsynced, renamed, and the folder
 fsynced; they are saved after a catch-up that changed many vectors, after a
-rebuild, on eviction and on close, never on every search (a stale file only
-costs a longer catch-up on the next open).
+background build, on eviction and on close, never on every search (a stale
+file only costs a longer catch-up on the next open).
 
 Memory is bounded by an LRU of loaded collections (``memory_budget`` bytes;
 the least recently used are saved and dropped). Each collection has its own
@@ -83,8 +93,8 @@ _TRAILER_TAIL = struct.Struct("<I8s")  # trailer JSON length, magic
 #: connectivity 16 / expansion_add 64 builds in 78 s with recall@10 0.988 /
 #: 0.996 / 0.996 at expansion_search 64 / 128 / 192 (0.7 / 1.4 / 1.8 ms a
 #: query); connectivity 32 / expansion_add 128 reaches 1.000 but takes twice as
-#: long to build (154 s), and a build blocks the first search of a collection
-#: whose index file is missing. bench/vector_search.py checks the figures at 1M.
+#: long to build (154 s), during which the collection is searched exactly (in
+#: the background, see above). bench/vector_search.py checks the figures at 1M.
 CONNECTIVITY = 16
 EXPANSION_ADD = 64
 EXPANSION_SEARCH = 128
@@ -97,6 +107,11 @@ _SAVE_MIN_CHANGES = 1_000
 #: How often a loaded collection re-checks its count against the rows (which
 #: notices tombstones pruned under it, or a database restored under it).
 _VERIFY_INTERVAL_S = 300.0
+#: Vectors added to a graph per call while building in the background: close()
+#: waits for at most one batch.
+_BUILD_BATCH = 1_000
+#: A build that failed is not tried again for the same collection before this.
+_BUILD_RETRY_S = 60.0
 #: The engine switches back to exact search only well below ``exact_below``,
 #: so a collection hovering at the threshold is not rebuilt back and forth.
 _HYSTERESIS = 2
@@ -240,10 +255,12 @@ class _Hnsw:
     def __len__(self) -> int:
         return len(self.index)
 
-    def add(self, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
+    def add(self, ids: NDArray[np.int64], vectors: NDArray[np.float32],
+            threads: int | None = None) -> None:
         if len(ids):
-            # all cores for a bulk build; one for a small catch-up in a request
-            self.index.add(ids, vectors, threads=0 if len(ids) >= 1_000 else 1)
+            if threads is None:  # all cores for a large catch-up, one for a small one
+                threads = 0 if len(ids) >= 1_000 else 1
+            self.index.add(ids, vectors, threads=threads)
 
     def remove(self, ids: NDArray[np.int64]) -> int:
         present = ids[np.asarray(self.index.contains(ids), dtype=bool)]
@@ -297,6 +314,9 @@ class _Collection:
     closed: bool = False
 
 
+_Key = tuple[str, str, int]  # owner_id, entity_id, dims
+
+
 class _Rebuild(Exception):
     """The loaded state does not match the database; rebuild from the rows."""
 
@@ -318,9 +338,23 @@ class VectorIndexes:
         self._exact_below = exact_below
         self._budget = memory_budget
         self._lock = threading.Lock()
-        self._loaded: OrderedDict[tuple[str, str, int], _Collection] = OrderedDict()
-        self._sizes: dict[tuple[str, str, int], int] = {}
-        self._counts = {"rebuilds": 0, "catch_ups": 0, "saves": 0, "evictions": 0}
+        self._loaded: OrderedDict[_Key, _Collection] = OrderedDict()
+        self._sizes: dict[_Key, int] = {}
+        self._counts = {"rebuilds": 0, "catch_ups": 0, "saves": 0, "evictions": 0,
+                        "builds": 0, "build_failures": 0}
+        # Background builds: collections waiting for a graph (with why), the one
+        # being built, collections dropped while built, and recent failures.
+        self._queued: OrderedDict[_Key, str] = OrderedDict()
+        self._building: _Key | None = None
+        self._cancelled: set[_Key] = set()
+        self._failed_at: dict[_Key, float] = {}
+        self._builder: threading.Thread | None = None
+        self._builds_done = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        # Leave a core to the requests (usearch releases the GIL while it adds).
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        self._build_threads = max(1, cores - 1)
         _private_dir(directory)
         _remove_stale_temporaries(directory)
 
@@ -367,6 +401,12 @@ class VectorIndexes:
             dropped = [self._loaded.pop(k) for k in keys]
             for k in keys:
                 self._sizes.pop(k, None)
+            for k in [k for k in self._queued if k[0] == owner_id and k[1] == entity_id]:
+                del self._queued[k]
+            # A build in progress must not publish its file after the unlink
+            # below: it looks at this set after its rename (``_build``).
+            if self._building is not None and self._building[:2] == (owner_id, entity_id):
+                self._cancelled.add(self._building)
         for coll in dropped:
             with coll.lock:
                 coll.closed, coll.engine = True, None
@@ -375,18 +415,35 @@ class VectorIndexes:
                 path.unlink()
 
     def stats(self) -> dict[str, int]:
-        """Collections loaded, vectors held, bytes, and event counters."""
+        """Collections loaded (``graphs`` of them answered by a graph), vectors
+        held, bytes, graphs ``building`` (queued or in progress), event counters."""
         with self._lock:
             colls = list(self._loaded.values())
             out = dict(self._counts)
             out["bytes"] = sum(self._sizes.values())
+            out["building"] = len(self._queued) + (self._building is not None)
         out["collections"] = len(colls)
         engines = [c.engine for c in colls]
         out["vectors"] = sum(len(e) for e in engines if e is not None)
+        out["graphs"] = sum(isinstance(e, _Hnsw) for e in engines)
         return out
 
+    def wait_for_builds(self, timeout: float | None = None) -> bool:
+        """Wait until no graph is queued or being built; False on timeout."""
+        with self._builds_done:
+            return self._builds_done.wait_for(
+                lambda: not self._queued and self._building is None, timeout)
+
     def close(self) -> None:
-        """Save every changed HNSW index and let go of them all."""
+        """Stop a background build (between two batches; its graph is thrown
+        away and no file is published), save every changed HNSW index and let
+        go of them all."""
+        self._stopping.set()
+        with self._lock:
+            builder = self._builder
+            self._queued.clear()
+        if builder is not None:
+            builder.join()
         with self._lock:
             colls = list(self._loaded.values())
             self._loaded.clear()
@@ -430,17 +487,32 @@ class VectorIndexes:
         if loaded is None:
             # No file: a small collection (never saved), a first open, or a
             # deleted file; only the last is worth a log line.
-            self._rebuild(coll, "index file missing", quiet_if_exact=True)
+            self._rebuild(coll, "index file missing", quiet_if_small=True)
             return
         coll.engine, coll.hwm, coll.tomb_hwm = loaded
         coll.verified_at = float("-inf")  # check marks and count on this first catch-up
         self._catch_up(coll)
 
     def _catch_up(self, coll: _Collection) -> None:
-        """Apply rows and tombstones newer than the marks, in one read transaction."""
+        """Apply rows and tombstones newer than the marks, in one read transaction,
+        checking now and then that the index and the rows still agree."""
+        verify = time.monotonic() - coll.verified_at > _VERIFY_INTERVAL_S
+        changed = self._apply_changes(coll, verify=verify)
+        if changed:
+            coll.unsaved += changed
+            with self._lock:
+                self._counts["catch_ups"] += 1
+        self._fit_engine(coll)
+
+    def _apply_changes(self, coll: _Collection, *, verify: bool = False) -> int:
+        """Add the rows and remove the tombstones after ``coll``'s marks (one
+        read transaction); how many vectors changed.
+
+        Raises:
+            _Rebuild: ``verify`` found the index out of step with the rows.
+        """
         engine = coll.engine
         assert engine is not None
-        verify = time.monotonic() - coll.verified_at > _VERIFY_INTERVAL_S
         changed = 0
         with self._snapshot() as conn:
             if verify:
@@ -462,60 +534,158 @@ class VectorIndexes:
                 if rows != len(engine):
                     raise _Rebuild(f"index holds {len(engine)} vectors, the rows {rows}")
                 coll.verified_at = time.monotonic()
-        if changed:
-            coll.unsaved += changed
-            with self._lock:
-                self._counts["catch_ups"] += 1
-        self._fit_engine(coll)
+        return changed
 
     def _fit_engine(self, coll: _Collection) -> None:
-        """Switch engine when the collection crossed the threshold, and rebuild a
-        graph that is mostly removed vectors."""
+        """Ask for a graph when the collection reached the threshold, and go back
+        to a matrix when a graph shrank or is mostly removed vectors."""
         engine = coll.engine
         if isinstance(engine, _Exact) and len(engine) >= self._exact_below:
-            ids, vecs = engine.live()
-            graph = _Hnsw(coll.dims)
-            graph.add(ids, vecs)
-            coll.engine = graph
-            self._save(coll)
+            self._request_build(coll)
         elif isinstance(engine, _Hnsw) and (
                 len(engine) * _HYSTERESIS < self._exact_below or engine.removed > len(engine)):
             self._rebuild(coll, "graph shrank or is mostly removed vectors")
 
-    def _rebuild(self, coll: _Collection, reason: str, *, quiet_if_exact: bool = False) -> None:
-        """Build the collection's index from its rows (one read transaction)."""
+    def _rebuild(self, coll: _Collection, reason: str, *, quiet_if_small: bool = False) -> None:
+        """Load the collection's vectors from its rows (one read transaction)
+        into a matrix that answers exactly at once; a collection that needs a
+        graph gets one built in the background."""
         started = time.perf_counter()
         coll.engine = None
-        engine: _Engine = _Exact(coll.dims)
+        engine, coll.hwm, coll.tomb_hwm = self._read_rows(coll)
+        coll.engine = engine
+        coll.verified_at = time.monotonic()
+        coll.unsaved = 0
+        large = len(engine) >= self._exact_below
+        if large or not quiet_if_small:
+            with self._lock:
+                self._counts["rebuilds"] += 1
+            # A missing file is also every graph's first build: info, not a warning.
+            emit = log.info if quiet_if_small else log.warning
+            emit("vector index rebuilt", collection=coll.label, dims=coll.dims,
+                 reason=reason, vectors=len(engine), graph="building" if large else "none",
+                 took_ms=round((time.perf_counter() - started) * 1000, 1))
+        if large:
+            self._request_build(coll, reason)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                coll.path.unlink()  # an old graph file would only be rebuilt again
+
+    def _read_rows(self, coll: _Collection) -> tuple[_Exact, int, int]:
+        """The collection's vectors as a matrix, with its marks (one read transaction)."""
+        engine = _Exact(coll.dims)
         hwm = 0
         with self._snapshot() as conn:
             for ids, vecs, last in _rows_after(conn, coll, 0):
-                if isinstance(engine, _Exact) and len(engine) + len(ids) >= self._exact_below:
-                    graph = _Hnsw(coll.dims)
-                    graph.add(*engine.live())
-                    engine = graph
                 engine.add(ids, vecs)
                 hwm = last
             tomb = conn.execute(
                 sa.select(sa.func.max(chunk_tombstones.c.seq))
                 .where(chunk_tombstones.c.owner_id == coll.owner_id,
                        chunk_tombstones.c.entity_id == coll.entity_id)).scalar()
-        coll.engine, coll.hwm, coll.tomb_hwm = engine, hwm, int(tomb or 0)
-        coll.verified_at = time.monotonic()
-        coll.unsaved = 0
-        if not (quiet_if_exact and isinstance(engine, _Exact)):
+        return engine, hwm, int(tomb or 0)
+
+    # -- background builds ---------------------------------------------------------
+
+    def _request_build(self, coll: _Collection, reason: str = "reached the threshold") -> None:
+        """Queue a graph build for ``coll`` unless one is queued or running (or
+        failed a moment ago), and start the builder thread if it is idle."""
+        key = (coll.owner_id, coll.entity_id, coll.dims)
+        with self._lock:
+            if self._stopping.is_set() or key in self._queued or key == self._building:
+                return
+            if time.monotonic() - self._failed_at.get(key, float("-inf")) < _BUILD_RETRY_S:
+                return
+            self._queued[key] = reason
+            if self._builder is None:
+                self._builder = threading.Thread(target=self._build_queued,
+                                                 name="memvault-ann-build", daemon=True)
+                self._builder.start()
+
+    def _build_queued(self) -> None:
+        """The builder thread: build queued graphs one at a time, then end."""
+        while True:
             with self._lock:
-                self._counts["rebuilds"] += 1
-            # A missing file is also every graph's first build: info, not a warning.
-            emit = log.info if quiet_if_exact else log.warning
-            emit("vector index rebuilt", collection=coll.label, dims=coll.dims,
-                 reason=reason, vectors=len(engine),
-                 took_ms=round((time.perf_counter() - started) * 1000, 1))
-        if isinstance(engine, _Hnsw):
-            self._save(coll)
-        else:
+                if self._stopping.is_set() or not self._queued:
+                    self._builder = None
+                    self._queued.clear()
+                    self._builds_done.notify_all()
+                    return
+                key, reason = self._queued.popitem(last=False)
+                self._building = key
+            try:
+                self._build(key, reason)
+            except Exception:  # logged and tried again later; searches stay exact
+                log.exception("vector index build failed", dims=key[2],
+                              collection=_digest(key[0], key[1])[:12])
+                with self._lock:
+                    self._counts["build_failures"] += 1
+                    self._failed_at[key] = time.monotonic()
+            finally:
+                with self._lock:
+                    self._building = None
+                    self._cancelled.discard(key)
+                    self._builds_done.notify_all()
+
+    def _build(self, key: _Key, reason: str) -> None:
+        """Build ``key``'s graph from a copy of its matrix (or from the rows, if
+        it was evicted meanwhile), catch it up, save it and swap it in (into
+        whichever object holds the collection then)."""
+        digest = _digest(key[0], key[1])
+        shadow = _Collection(key[0], key[1], key[2],
+                             self._dir / f"{digest}.{key[2]}.usearch", digest[:12])
+        with self._lock:
+            coll = self._loaded.get(key)
+        copied = None
+        if coll is not None:
+            with coll.lock:
+                if not coll.closed:
+                    if not isinstance(coll.engine, _Exact):
+                        return  # it has a graph already (a file another process saved)
+                    copied = coll.engine.live()  # copies
+                    shadow.hwm, shadow.tomb_hwm = coll.hwm, coll.tomb_hwm
+        if copied is None:  # evicted since: read the rows (in a short transaction)
+            matrix, shadow.hwm, shadow.tomb_hwm = self._read_rows(shadow)
+            copied = matrix.live()
+            del matrix
+        ids, vecs = copied
+        del copied
+        if len(ids) < self._exact_below:
+            return
+        started = time.perf_counter()
+        graph = _Hnsw(shadow.dims)
+        for at in range(0, len(ids), _BUILD_BATCH):
+            if self._stopping.is_set():
+                return
+            part = slice(at, at + _BUILD_BATCH)
+            # one thread for a small graph: the same graph every time
+            graph.add(ids[part], vecs[part],
+                      threads=self._build_threads if len(ids) >= _BUILD_BATCH else 1)
+        del ids, vecs
+        shadow.engine = graph
+        shadow.unsaved = self._apply_changes(shadow)  # what was written meanwhile
+        if self._stopping.is_set():
+            return
+        self._save(shadow)
+        with self._lock:
+            cancelled = key in self._cancelled
+            current = self._loaded.get(key)
+            self._counts["builds"] += 1
+            self._failed_at.pop(key, None)
+        if cancelled:  # the entity was deleted while its graph was built
             with contextlib.suppress(FileNotFoundError):
-                coll.path.unlink()  # an old graph file would only be rebuilt again
+                shadow.path.unlink()
+            return
+        log.info("vector index built", collection=shadow.label, dims=shadow.dims, reason=reason,
+                 vectors=len(graph), took_ms=round((time.perf_counter() - started) * 1000, 1))
+        if current is None:  # evicted: the saved file serves its next search
+            return
+        with current.lock:
+            if current.closed or not isinstance(current.engine, _Exact):
+                return
+            shadow.unsaved += self._apply_changes(shadow)
+            current.engine, current.hwm, current.tomb_hwm = graph, shadow.hwm, shadow.tomb_hwm
+            current.unsaved = shadow.unsaved
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[Connection]:

@@ -179,15 +179,33 @@ _IN_COLLECTION = sa.and_(chunks.c.owner_id == _OWNER, chunks.c.entity_id == _ENT
 _ENTITY_EXISTS = sa.select(entities.c.row_id).where(entities.c.owner_id == _OWNER,
                                                     entities.c.entity_id == _ENTITY)
 _ANY_CHUNK = sa.select(chunks.c.id).where(_IN_COLLECTION).limit(1)
-_OTHER_THAN = {
-    column.name: tuple(sa.select(column).where(_IN_COLLECTION, differs).limit(1)
-                       for differs in (column < sa.bindparam("value"),
-                                       column > sa.bindparam("value")))
-    for column in (chunks.c.model_id, chunks.c.dimensions)}
+
+
+def _other_than(column: sa.Column[Any], value: sa.BindParameter[Any]
+                ) -> _List[sa.ScalarSelect[Any]]:
+    """A value of ``column`` in the collection other than ``value``, if any:
+    "!=" would scan the collection's index entries; "<" and ">" are two index
+    range seeks that find nothing when all is well (and skip NULLs)."""
+    return [sa.select(column).where(_IN_COLLECTION, differs).limit(1).scalar_subquery()
+            for differs in (column < value, column > value)]
+
+
+# What a search checks before searching, in one statement (one round trip to a
+# database server instead of six): the entity exists, the collection holds a
+# chunk and, for vector search, no vector of another model or dimensions.
+_TEXT_CHECKS = sa.select(_ENTITY_EXISTS.scalar_subquery(), _ANY_CHUNK.scalar_subquery())
+_VECTOR_CHECKS = sa.select(
+    _ENTITY_EXISTS.scalar_subquery(), _ANY_CHUNK.scalar_subquery(),
+    *_other_than(chunks.c.model_id, sa.bindparam("model")),
+    *_other_than(chunks.c.dimensions, sa.bindparam("dims")))
+_DOCUMENT_OF_CHUNK = sa.and_(documents.c.owner_id == chunks.c.owner_id,
+                             documents.c.doc_id == chunks.c.doc_id)
 _HITS = (sa.select(*_RECORD_COLUMNS, documents.c.filename)
-         .select_from(chunks.outerjoin(documents, sa.and_(
-             documents.c.owner_id == chunks.c.owner_id, documents.c.doc_id == chunks.c.doc_id)))
+         .select_from(chunks.outerjoin(documents, _DOCUMENT_OF_CHUNK))
          .where(_IN_COLLECTION, chunks.c.id.in_(sa.bindparam("pks", expanding=True))))
+#: Vector search with its hits in one statement, per (backend, dimensions),
+#: for backends with native vectors (``_native_vector_hits``).
+_NATIVE_HITS: dict[tuple[str, int], sa.Executable] = {}
 
 
 class CollectionStore:
@@ -377,17 +395,16 @@ class CollectionStore:
         mode, k, rrf_k, weights = _check_search(query, embedding, k, mode, rrf_k, weights)
         conditions = self._filter(filter)
         embedder = self._embedder() if mode != "text" else None
-        with self._db.read() as conn:  # the checks before searching: one connection
-            self._require_entity(conn, entity_id)
-            empty = conn.execute(_ANY_CHUNK, self._key(entity_id)).first() is None
-            if not empty and embedder is not None:
-                self._require_current(conn, entity_id, embedder)
+        empty = self._check_searchable(entity_id, embedder)
         if empty:
             return SearchResults(results=[], mode=mode, took_ms=_ms(started))
         ranked: dict[str, list[tuple[int, float]]] = {}
         wanted = k if mode != "hybrid" else max(FUSION_CANDIDATES, 3 * k)
         if embedder is not None:
             vector = self._query_vector(embedder, query, embedding)
+            if mode == "vector" and self._db.backend.has_vector:
+                hits = self._native_vector_hits(entity_id, vector, k, conditions)
+                return SearchResults(results=hits, mode=mode, took_ms=_ms(started))
             ranked["vector"] = self._vector_ranked(entity_id, vector, wanted, conditions)
         if mode in ("text", "hybrid"):
             assert query is not None
@@ -437,32 +454,41 @@ class CollectionStore:
             return np.asarray(embed_query(query), dtype=np.float32)
         return np.asarray(embedder.embed([query])[0], dtype=np.float32)
 
-    def _require_current(self, conn: Connection, entity_id: str, embedder: Embedder) -> None:
-        """409 unless every vector of the collection is comparable with the
-        vault's embedder: vault-embedded ones by the same model, all of them of
-        its dimensions."""
-        model, dims = embedder.model_id, embedder.dimensions
-        # "!=" would scan the collection's index entries; "<" and ">" are two
-        # index range seeks that find nothing when all is well (and skip NULLs).
-        stale = self._other_than(conn, entity_id, chunks.c.model_id, model)
-        if stale is not None:
-            raise Conflict(f"this collection was embedded with {stale!r}, but the vault now "
-                           f"embeds with {model!r}; run `memvault reindex --entity "
-                           f"{entity_id}` to rebuild its vectors")
-        other = self._other_than(conn, entity_id, chunks.c.dimensions, dims)
-        if other is not None:
-            raise Conflict(f"this collection holds {other}-dimension vectors given by the "
-                           f"client, but the vault's embeddings have {dims}; re-post or delete "
-                           "those records")
+    def _check_searchable(self, entity_id: str, embedder: Embedder | None) -> bool:
+        """Whether the collection is empty, after checking that the entity
+        exists and, for vector search (``embedder`` given), that every vector
+        is comparable with the vault's embedder: vault-embedded ones by the
+        same model, all of them of its dimensions.
 
-    def _other_than(self, conn: Connection, entity_id: str, column: sa.Column[Any],
-                    value: Any) -> Any:
-        """A value of ``column`` in the collection other than ``value``, if any."""
-        for statement in _OTHER_THAN[column.name]:
-            found = conn.execute(statement, {**self._key(entity_id), "value": value}).scalar()
-            if found is not None:
-                return found
-        return None
+        Raises:
+            NotFound: no such entity. Conflict: a vector is not comparable.
+        """
+        if not isinstance(entity_id, str):
+            raise Invalid("entity_id must be a string", field="entity_id")
+        with self._db.read() as conn:
+            if embedder is None:
+                row: tuple[Any, ...] = tuple(conn.execute(_TEXT_CHECKS,
+                                                          self._key(entity_id)).one())
+            else:
+                model, dims = embedder.model_id, embedder.dimensions
+                row = tuple(conn.execute(_VECTOR_CHECKS, {**self._key(entity_id), "model": model,
+                                                          "dims": dims}).one())
+        if row[0] is None:
+            raise NotFound(f"entity {entity_id!r} not found")
+        if row[1] is None:
+            return True
+        if embedder is not None:
+            stale = row[2] if row[2] is not None else row[3]
+            if stale is not None:
+                raise Conflict(f"this collection was embedded with {stale!r}, but the vault "
+                               f"now embeds with {model!r}; run `memvault reindex --entity "
+                               f"{entity_id}` to rebuild its vectors")
+            other = row[4] if row[4] is not None else row[5]
+            if other is not None:
+                raise Conflict(f"this collection holds {other}-dimension vectors given by the "
+                               f"client, but the vault's embeddings have {dims}; re-post or "
+                               "delete those records")
+        return False
 
     def _vector_ranked(self, entity_id: str, vector: NDArray[np.float32], wanted: int,
                        conditions: _List[sa.ColumnElement[bool]]) -> _List[tuple[int, float]]:
@@ -507,6 +533,29 @@ class CollectionStore:
                 conn, self._in(entity_id), conditions, terms,
                 collection_token(self._owner, entity_id), wanted)
 
+    def _native_vector_hits(self, entity_id: str, vector: NDArray[np.float32], k: int,
+                            conditions: _List[sa.ColumnElement[bool]]) -> _List[SearchHit]:
+        """Vector search by the database's own index, ranking and reading the
+        hits in one statement: each round trip to a database server costs
+        about as much as the index search itself on a busy host."""
+        backend = self._db.backend
+        key = (backend.name, int(vector.size))
+        statement: sa.Executable | None = None if conditions else _NATIVE_HITS.get(key)
+        if statement is None:  # building it costs more than a small search
+            ranked = backend.vector_ranking(_IN_COLLECTION, conditions, int(vector.size))
+            statement = (sa.select(*_RECORD_COLUMNS, documents.c.filename, ranked.c.distance)
+                         .select_from(ranked.join(chunks, chunks.c.id == ranked.c.id)
+                                      .outerjoin(documents, _DOCUMENT_OF_CHUNK))
+                         .where(_IN_COLLECTION))
+            if not conditions:
+                _NATIVE_HITS[key] = statement
+        with self._db.read() as conn:
+            rows = conn.execute(statement, {**self._key(entity_id),
+                                            **backend.vector_params(conn, vector, k)}).all()
+        scored = sorted(((1.0 - float(row.distance), row) for row in rows),
+                        key=lambda item: (-item[0], item[1].id))
+        return [_hit(row, score) for score, row in scored]
+
     def _hits(self, entity_id: str, scored: Sequence[tuple[int, float]]) -> _List[SearchHit]:
         if not scored:
             return []
@@ -514,16 +563,15 @@ class CollectionStore:
         with self._db.read() as conn:
             rows = conn.execute(_HITS, {**self._key(entity_id), "pks": pks}).all()
         by_pk = {row.id: row for row in rows}
-        hits = []
-        for pk, score in scored:  # a chunk deleted since it was ranked is dropped
-            row = by_pk.get(pk)
-            if row is not None:
-                hits.append(SearchHit(
-                    chunk_id=row.chunk_id, doc_id=row.doc_id, filename=row.filename,
-                    text=row.text, score=float(score), position=row.position,
-                    start=row.char_start, end=row.char_end, page=row.page,
-                    metadata=row.metadata or {}))
-        return hits
+        # a chunk deleted since it was ranked is dropped
+        return [_hit(by_pk[pk], score) for pk, score in scored if pk in by_pk]
+
+
+def _hit(row: Any, score: float) -> SearchHit:
+    return SearchHit(chunk_id=row.chunk_id, doc_id=row.doc_id, filename=row.filename,
+                     text=row.text, score=float(score), position=row.position,
+                     start=row.char_start, end=row.char_end, page=row.page,
+                     metadata=row.metadata or {})
 
 
 def _check_search(query: str | None, embedding: Any, k: int, mode: SearchMode, rrf_k: float | None,
