@@ -8,7 +8,9 @@ stopped at exit. ``MEMVAULT_TEST_BACKENDS=sqlite`` runs SQLite only.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -100,8 +102,74 @@ def settings(tmp_path: Path, database_url: str | None) -> Settings:
                                   password_hash="owasp", embedder="hash")
 
 
+class _Templates:
+    """Migrated empty databases, made once per session (per xdist worker): the
+    ``vault`` fixture starts each test from a copy instead of running every
+    revision again (about 0.35 s per PostgreSQL test, 0.1 s per SQLite one).
+    Tests of the migrations themselves use ``settings`` (an empty database)."""
+
+    def __init__(self, root: Path, request: pytest.FixtureRequest) -> None:
+        self.root = root
+        self.request = request
+        self.sqlite: Path | None = None
+        self.pg_name: str | None = None
+        self.pg_admin: str | None = None
+
+    def _migrated(self, database_url: str | None, data_dir: Path) -> None:
+        memvault.open(memvault.load_settings(data_dir=data_dir, database_url=database_url,
+                                             password_hash="owasp", embedder="hash")).close()
+
+    def prepare(self, settings: Settings) -> None:
+        """Make ``settings``' (still empty) database a copy of the template."""
+        if settings.database_url is None:
+            target = settings.sqlite_path
+            if target.exists():
+                return
+            if self.sqlite is None:
+                self._migrated(None, self.root / "sqlite")
+                self.sqlite = self.root / "sqlite" / "memvault.db"
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            shutil.copyfile(self.sqlite, target)
+            os.chmod(target, 0o600)
+            return
+        url = make_url(settings.database_url)
+        if url.get_backend_name() != "postgresql":
+            return
+        admin = _admin_url(self.request.getfixturevalue("pg_url"))
+        if self.pg_name is None:
+            name = f"mv_template_{uuid.uuid4().hex[:12]}"
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            self._migrated(make_url(admin).set(database=name).render_as_string(
+                hide_password=False), self.root / "pg")
+            self.pg_name, self.pg_admin = name, admin
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{url.database}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{url.database}" TEMPLATE "{self.pg_name}"')
+
+    def drop(self) -> None:
+        if self.pg_name is None or self.pg_admin is None:
+            return
+        # The embedded server may already be gone (it is stopped at the end of
+        # the session too), and the template with it.
+        with contextlib.suppress(psycopg.OperationalError), \
+                psycopg.connect(self.pg_admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def _templates(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+               ) -> Iterator[_Templates]:
+    templates = _Templates(tmp_path_factory.mktemp("templates"), request)
+    try:
+        yield templates
+    finally:
+        templates.drop()
+
+
 @pytest.fixture
-def vault(settings: Settings) -> Iterator[Vault]:
+def vault(settings: Settings, _templates: _Templates) -> Iterator[Vault]:
+    _templates.prepare(settings)
     v = memvault.open(settings)
     try:
         yield v

@@ -130,9 +130,15 @@ def evaluate(search: Search, queries: Sequence[Query], k: int = 10) -> Scores:
 # --- against a vault --------------------------------------------------------------------------
 
 
-def load_into(scope: Any, entity_id: str, passages: Sequence[Passage]) -> None:
-    """Store the passages as the entity's vector records (chunk_id = passage id)."""
-    items = [{"id": p.id, "text": p.text, "metadata": {"topic": p.topic}} for p in passages]
+def load_into(scope: Any, entity_id: str, passages: Sequence[Passage],
+              vectors: Mapping[str, Any] | None = None) -> None:
+    """Store the passages as the entity's vector records (chunk_id = passage id),
+    embedded by the vault, or given their ``vectors`` (by passage id)."""
+    items: list[dict[str, Any]] = [{"id": p.id, "text": p.text, "metadata": {"topic": p.topic}}
+                                   for p in passages]
+    if vectors is not None:
+        for item in items:
+            item["embedding"] = vectors[item["id"]]
     for start in range(0, len(items), 1000):
         scope.collections.add(entity_id, items[start:start + 1000])
 
