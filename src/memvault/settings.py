@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     max_chunk_chars: int = Field(65536, ge=1, description="largest text of one stored chunk")
     log_json: bool = False
     log_level: str = "INFO"
+    #: Serve ``GET /metrics`` (Prometheus text format); ``false``: 404.
+    metrics: bool = True
+    #: Unset: ``/metrics`` answers loopback clients only; set: every client must
+    #: send ``Authorization: Bearer <this token>``.
+    metrics_token: SecretStr | None = None
+    #: PostgreSQL: migrate a database holding records even without a backup of
+    #: it from the last hour in ``<data_dir>/backups`` (``memvault migrate --yes``).
+    migrate_without_backup: bool = False
     #: Where file bytes live: ``file`` (under the data dir), ``database`` or
     #: ``s3://bucket/prefix``; replicas need ``database`` or ``s3://``.
     blob_store: str = "file"

@@ -84,6 +84,11 @@ class Vault:
         engine = backend.create_engine()
         self.db = Database(engine, backend)
         try:
+            # A migration backs up first (SQLite) or needs a recent backup
+            # (PostgreSQL): ops/backup.py.
+            from .ops.backup import guard_migration
+
+            guard_migration(settings, self.db)
             # upgrade() says "cannot reach the database" only when it could not;
             # a failed migration is a MigrationFailed naming its revision.
             before, after = upgrade(self.db)

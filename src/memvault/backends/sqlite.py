@@ -149,6 +149,16 @@ class SQLiteBackend(Backend):
     def insert_ignore(self, table: sa.Table, keys: Sequence[str]) -> sa.Executable:
         return sqlite_insert(table).on_conflict_do_nothing(index_elements=list(keys))
 
+    def begin_snapshot(self, conn: Connection) -> Connection:
+        # A deferred BEGIN (pysqlite's implicit transactions are off); the first
+        # read pins the snapshot (WAL: writers go on, this reader does not see them).
+        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
+        return conn
+
+    # reset_identity: AUTOINCREMENT keeps sqlite_sequence at the largest id
+    # inserted, explicit ones included.
+
     @contextlib.contextmanager
     def migration_lock(self, engine: Engine) -> Iterator[None]:
         lock_path = self.path.with_name(self.path.name + ".migrate.lock")

@@ -13,10 +13,11 @@ from ..errors import MemvaultError
 from ..logs import configure_logging
 from ..settings import Settings, load_settings
 from ..vault import Vault
+from . import metrics
 from .hosts import LoopbackOnlyMiddleware
 from .limits import BodyLimitMiddleware
 from .problems import install_handlers
-from .requests import NulGuardMiddleware, RequestIdMiddleware
+from .requests import AccessLogMiddleware, NulGuardMiddleware, RequestIdMiddleware
 from .routes import (
     agents,
     auth,
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None, vault: Vault | None = None) -> 
         own = vault is None
         app.state.vault = v = vault or Vault(settings)
         app.state.local_user = v.users.ensure_local_user() if settings.auth == "disabled" else None
+        if settings.metrics:
+            metrics.attach(v)
         if own:
             log.info("memvault started", backend=v.backend, database=v.describe(),
                      data_dir=str(settings.data_dir.resolve()), auth=settings.auth,
@@ -69,6 +72,8 @@ def create_app(settings: Settings | None = None, vault: Vault | None = None) -> 
         try:
             yield
         finally:
+            if settings.metrics:
+                metrics.detach(v)
             if own:
                 v.close()
 
@@ -79,7 +84,11 @@ def create_app(settings: Settings | None = None, vault: Vault | None = None) -> 
     app.add_middleware(NulGuardMiddleware)
     if settings.auth == "disabled":  # added last: the outermost check
         app.add_middleware(LoopbackOnlyMiddleware)
-    # Outside every check, so that each response (a 413, a 403 too) has an X-Request-ID.
+    # Outside every check, so that each response (a 413, a 403 too) is logged,
+    # measured, and has an X-Request-ID (bound in the log context of its line).
+    if settings.metrics:
+        metrics.install(app)
+    app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestIdMiddleware)
     install_handlers(app)
     for module in (system, auth, entities, files, documents, collections, conversations,

@@ -6,6 +6,11 @@ makes one, binds it to the structlog context for everything logged while the
 request runs (driver errors included), keeps it in ``request.state`` for the
 problem handlers, and returns it as ``X-Request-ID`` on every response.
 
+``AccessLogMiddleware`` (inside the former, so its line carries the request
+id) writes one ``access`` line per request once its response has ended:
+method, route template, path, status, duration in ms; ``500`` when an error
+escaped the app before any response.
+
 ``NulGuardMiddleware`` refuses a path or query string holding a NUL character
 with one 422 on every backend (SQLite would look it up and find nothing,
 PostgreSQL refuses it), before any route or database sees it.
@@ -14,6 +19,7 @@ PostgreSQL refuses it), before any route or database sees it.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 import structlog
@@ -23,7 +29,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .problems import problem, request_id
 
-__all__ = ["RequestIdMiddleware", "NulGuardMiddleware", "REQUEST_ID_HEADER"]
+__all__ = ["RequestIdMiddleware", "AccessLogMiddleware", "NulGuardMiddleware",
+           "REQUEST_ID_HEADER"]
+
+access_log = structlog.get_logger("memvault.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 #: What an incoming id may look like: short, printable, no spaces or quotes
@@ -64,6 +73,34 @@ class RequestIdMiddleware:
 
         with structlog.contextvars.bound_contextvars(request_id=rid):
             await self.app(scope, receive, send_with_id)
+
+
+class AccessLogMiddleware:
+    """One ``access`` log line per request, written when its response ends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless a response starts: an error escaped the app
+
+        async def note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, note_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            access_log.info("access", method=scope["method"], route=route,
+                            path=scope.get("path"), status=status,
+                            duration_ms=round((time.perf_counter() - started) * 1000, 3))
 
 
 class NulGuardMiddleware:

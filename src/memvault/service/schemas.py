@@ -16,8 +16,8 @@ from ..stores.graphs import MAX_BATCH as GRAPH_MAX_BATCH
 from ..stores.runs import MAX_ERROR_CHARS as RUN_MAX_ERROR_CHARS
 from ..stores.runs import StepStatus
 
-__all__ = ["RegisterIn", "LoginIn", "EntityIn", "EntityPatch", "ConversationIn",
-           "ConversationPatch", "MessageIn", "ChunkIn", "ChunksIn", "CompleteIn",
+__all__ = ["RegisterIn", "LoginIn", "ForgetMeIn", "ForgetMeOut", "EntityIn", "EntityPatch",
+           "ConversationIn", "ConversationPatch", "MessageIn", "ChunkIn", "ChunksIn", "CompleteIn",
            "ChatSessionIn", "ChatSession", "ChunkAck", "RecordIn", "RecordsIn", "SearchFilterIn",
            "SearchWeightsIn", "SearchIn", "ExtractionIn", "AnnotationIn", "AnnotationPatch"]
 
@@ -38,6 +38,18 @@ class RegisterIn(_In):
 class LoginIn(_In):
     email: StrictStr = Field(max_length=320)
     password: StrictStr = Field(max_length=1024)
+
+
+class ForgetMeIn(_In):
+    """``DELETE /api/auth/me``: the account's password, confirming."""
+
+    password: StrictStr = Field(max_length=1024)
+
+
+class ForgetMeOut(BaseModel):
+    """Rows removed per kind, and ``blobs``: blobs no one referenced any more."""
+
+    deleted: dict[str, int]
 
 
 class EntityIn(_In):

@@ -12,13 +12,14 @@ from __future__ import annotations
 import builtins
 import functools
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..backends.base import Backend
-from ..backends.schema import conversations, message_chunks, messages
+from ..backends.schema import conversations, entities, message_chunks, messages
 from ..errors import Conflict, Invalid, NotFound, PayloadTooLarge
 from ..ids import INT32_MAX, decode_cursor, encode_cursor, new_id, utcnow
 from ..live import Listener
@@ -35,6 +36,8 @@ __all__ = ["ConversationStore", "MAX_CHUNKS_PER_CALL"]
 
 ROLES: tuple[str, ...] = get_args(Role)
 FINAL_STATUSES = ("complete", "failed")
+#: Statuses an imported message may have: it has ended (nobody streams it here).
+IMPORT_STATUSES = ("complete", "interrupted", "failed")
 MAX_CHUNKS_PER_CALL = 1000
 
 
@@ -246,6 +249,78 @@ class ConversationStore:
         if row is None:
             raise NotFound(f"conversation {conv_id!r} not found")
         return _conversation(row)
+
+    def import_conversation(self, conv: Conversation,
+                            items: Sequence[tuple[Message, Sequence[Chunk]]]) -> bool:
+        """Insert a whole conversation carried over from a seed's data
+        (``import-legacy``), keeping its ids and times, in one transaction.
+
+        ``items`` are the messages in order, each with its chunks (maybe
+        none); messages are numbered 1..n here (their ``seq`` is
+        ignored). A message given with chunks gets those chunks (numbered 1..k
+        without a gap) and their text as its content. Every message has ended:
+        ``complete``, ``interrupted`` or ``failed``, never ``streaming``.
+
+        Returns:
+            ``False`` (nothing written) when the conversation id exists already.
+
+        Raises:
+            NotFound: ``conv.entity_id`` is not one of this owner's entities.
+            Invalid: a bad role, status, chunk numbering or text.
+        """
+        if conv.title is not None:
+            check_text(conv.title, "title")
+        participants = check_texts(conv.participants, "participants")
+        check_json(conv.metadata, "metadata")
+        msg_rows: list[dict[str, Any]] = []
+        chunk_rows: list[dict[str, Any]] = []
+        for seq, (msg, chunks) in enumerate(items, start=1):
+            check_role(msg.role)
+            if msg.status not in IMPORT_STATUSES:
+                raise Invalid(f"an imported message must be one of {', '.join(IMPORT_STATUSES)}",
+                              field="status")
+            if msg.author is not None:
+                check_text(msg.author, "author")
+            check_json(msg.metadata, "metadata")
+            if [c.seq for c in chunks] != list(range(1, len(chunks) + 1)):
+                raise Invalid("chunks must be numbered 1..n without a gap", field="seq")
+            content = "".join(c.text for c in chunks) if chunks else msg.content
+            check_text(content, "content")
+            msg_rows.append({"owner_id": self._owner, "id": msg.id, "conversation_id": conv.id,
+                             "seq": seq, "role": msg.role, "author": msg.author,
+                             "content": content, "metadata": msg.metadata,
+                             "status": msg.status, "last_chunk_seq": len(chunks),
+                             "writer": None, "lease_expires_at": None,
+                             "created_at": msg.created_at,
+                             "completed_at": msg.completed_at or msg.created_at})
+            chunk_rows += [{"owner_id": self._owner, "message_id": msg.id, "seq": c.seq,
+                            "text": c.text, "created_at": c.created_at or msg.created_at}
+                           for c in chunks]
+        times: list[datetime] = [conv.updated_at, *(m["completed_at"] for m in msg_rows)]
+        row = {"owner_id": self._owner, **conv.model_dump(exclude={"messages"}),
+               "participants": participants, "message_count": len(msg_rows),
+               "last_message_at": msg_rows[-1]["created_at"] if msg_rows else None,
+               "updated_at": max(times)}
+        try:
+            with self._db.write() as conn:
+                if conn.execute(_CONV_EXISTS, self._conv_key(conv.id)).first() is not None:
+                    return False
+                if conv.entity_id is not None and conn.execute(
+                        sa.select(entities.c.entity_id).where(
+                            entities.c.owner_id == self._owner,
+                            entities.c.entity_id == conv.entity_id)).first() is None:
+                    raise NotFound(f"entity {conv.entity_id!r} not found")
+                conn.execute(conversations.insert(), row)
+                if msg_rows:
+                    conn.execute(messages.insert(), msg_rows)
+                if chunk_rows:
+                    conn.execute(message_chunks.insert(), chunk_rows)
+        except Conflict:  # a concurrent import inserted it first (or took a message id)
+            with self._db.read() as conn:
+                if conn.execute(_CONV_EXISTS, self._conv_key(conv.id)).first() is not None:
+                    return False
+            raise
+        return True
 
     def delete(self, conv_id: str) -> None:
         """Delete the conversation with its messages and chunks."""

@@ -116,6 +116,9 @@ class ChunkWriter:
         self._replies: dict[str, Reply] = {}
         self._closed = False
         self._last_renew = time.monotonic()
+        #: Called after each group commit with its chunk count and seconds
+        #: (``service/metrics.py`` observes the chunk append latency with it).
+        self.on_commit: Callable[[int, float], None] | None = None
 
     # -- called by replies ---------------------------------------------------
 
@@ -177,6 +180,7 @@ class ChunkWriter:
     # -- committing ----------------------------------------------------------
 
     def _commit(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
         refused: dict[str, MemvaultError] = {}
         try:
             refused = self._write(batch)
@@ -201,6 +205,9 @@ class ChunkWriter:
             with self._cv:
                 for message_id in refused:
                     self._replies.pop(message_id, None)
+        if self.on_commit is not None:
+            with contextlib.suppress(Exception):  # an observer never holds up the streams
+                self.on_commit(len(batch), time.perf_counter() - started)
         hub = self._hub
         for p in batch:
             p.done = True

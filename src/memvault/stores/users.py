@@ -13,6 +13,9 @@ client address along):
   ``auth_failures`` table (fixed windows, shared by every worker and replica);
   past a threshold the key is locked until its window ends, checked before any
   hashing, so a locked key costs one indexed read;
+- hashes imported from seed 001 are bcrypt (``$2a$``/``$2b$``/``$2y$``): they are
+  verified with bcrypt (under the same slots) and replaced by an argon2 hash at
+  the first successful login;
 - the ``memvault.invalid`` domain is reserved for the built-in local user.
 """
 
@@ -25,9 +28,10 @@ import re
 import secrets
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import bcrypt
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -54,6 +58,13 @@ HASH_PROFILES = {
     "rfc9106": PasswordHasher(),
     "owasp": PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1),
 }
+
+
+#: Prefixes of the bcrypt hashes seed 001 stored (``import-legacy``).
+BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+#: bcrypt reads at most this many bytes of a password; the seeds' library cut
+#: longer ones silently, so the same cut lets those users log in.
+_BCRYPT_MAX_BYTES = 72
 
 
 def _token_hash(token: str) -> str:
@@ -112,10 +123,26 @@ class UserStore:
                 if self._dummy is None:
                     self._dummy = self._hasher.hash("memvault-dummy-password")
                 password_hash = self._dummy
+            if password_hash.startswith(BCRYPT_PREFIXES):
+                try:
+                    return bcrypt.checkpw(password.encode()[:_BCRYPT_MAX_BYTES],
+                                          password_hash.encode())
+                except ValueError:  # a malformed hash: no password matches it
+                    return False
             try:
                 return self._hasher.verify(password_hash, password)
             except (VerifyMismatchError, VerificationError, InvalidHashError):
                 return False
+
+    def _rehash(self, user_id: str, old_hash: str, password: str) -> None:
+        """Replace ``old_hash`` by an argon2 hash of ``password`` (just verified).
+        Conditional on the stored hash being unchanged: a concurrent login that
+        rehashed first, or a password change, wins."""
+        new_hash = self._hash(password)
+        with self._db.write() as conn:
+            conn.execute(users.update().where(users.c.id == user_id,
+                                              users.c.password_hash == old_hash)
+                         .values(password_hash=new_hash))
 
     def register(self, email: str, password: str, name: str | None = None) -> User:
         """Create a user.
@@ -147,6 +174,49 @@ class UserStore:
         except Conflict:
             raise Conflict("a user with this email already exists") from None
         return user
+
+    def find(self, email: str) -> User | None:
+        """The user with this email (case-insensitive), or ``None``."""
+        email = _normalise(check_text(email, "email"))
+        with self._db.read() as conn:
+            row = conn.execute(sa.select(users).where(users.c.email == email)).first()
+        return _user(row) if row else None
+
+    def import_user(self, user_id: str, email: str, password_hash: str, name: str | None,
+                    created_at: datetime) -> tuple[User, bool]:
+        """Create an account carried over from a seed's data (``import-legacy``),
+        keeping its id, creation time and password hash: a bcrypt hash lets the
+        user log in with their old password, rehashed to argon2 at that login.
+
+        Returns:
+            The account, and whether it was created now. An account with this
+            email that already exists is returned as it is (nothing changes).
+
+        Raises:
+            Invalid: a malformed or reserved email, or a password hash that is
+                neither bcrypt nor argon2 (nobody could ever log in with it).
+        """
+        email = _normalise(check_text(email, "email"))
+        if not _EMAIL.match(email) or len(email) > 320 or _is_reserved(email):
+            raise Invalid("malformed or reserved email address", field="email")
+        if name is not None:
+            check_text(name, "name")
+        if not (password_hash.startswith(BCRYPT_PREFIXES) or password_hash.startswith("$argon2")):
+            raise Invalid("password hash is neither bcrypt nor argon2", field="password_hash")
+        check_text(password_hash, "password_hash")
+        user = User(id=user_id, email=email, name=name, created_at=created_at)
+        existing = self.find(email)
+        if existing is not None:
+            return existing, False
+        try:
+            with self._db.write() as conn:
+                conn.execute(users.insert(), {**user.model_dump(), "password_hash": password_hash})
+        except Conflict:  # created meanwhile (same email), or the id is taken
+            existing = self.find(email)
+            if existing is None:
+                raise
+            return existing, False
+        return user, True
 
     def ensure_local_user(self) -> User:
         """The built-in user every request acts as when auth is disabled."""
@@ -193,6 +263,8 @@ class UserStore:
         if row is None or not matches:
             self._record_failure(list(limits))
             raise Unauthorized("invalid email or password")
+        if row.password_hash.startswith(BCRYPT_PREFIXES):  # imported: now argon2
+            self._rehash(row.id, row.password_hash, password)
         return self._issue(row.id, clear=account)
 
     def _refuse_locked(self, limits: dict[str, int]) -> None:

@@ -1,0 +1,1 @@
+"""Operations on a whole vault: backup, restore, verify, export, legacy import, forget."""
