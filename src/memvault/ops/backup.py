@@ -17,11 +17,14 @@ transaction in WAL mode), taken while writers go on. So a backup restores into
 either backend, every record, blob and chunk identical. Not in a backup: what
 an export leaves out — operational state (jobs, caches, login failures, the
 embedding cache, chunk tombstones), bearer tokens (users log in again), and
-derived indexes (SQLite's FTS5 rows are rebuilt by triggers, PostgreSQL's
-tsvector is generated, pgvector indexes are maintained on insert, SQLite's ANN
-files under ``<data_dir>/indexes/`` are rebuilt at the first search — a copy
-of them would not match the snapshot anyway). A backup is written under a
-temporary name and renamed when complete; ``keep`` removes all but the newest.
+the derived indexes kept inside the database (SQLite's FTS5 rows are rebuilt by
+triggers, PostgreSQL's tsvector is generated, pgvector indexes are maintained
+on insert). SQLite's vector index files (``<data_dir>/indexes/``) are copied
+into ``indexes/`` beside the archive and put back by a restore into SQLite: each
+file says which rows it covers, so one taken a moment after the snapshot is
+caught up or, when it is ahead of the restored rows, rebuilt in the background
+(searches answer exactly meanwhile). A backup is written under a temporary name
+and renamed when complete; ``keep`` removes all but the newest.
 
 Encryption (``passphrase``): every file but ``manifest.json`` is encrypted with
 AES-256-GCM in frames of 1 MiB, each with its own random nonce and the file's
@@ -350,11 +353,17 @@ def create_backup(db: Database, blobs: BlobStore, settings: Settings, to: Path |
         files: dict[str, tuple[str, int]] = {
             f"archive/{n}": (e.sha256, e.size) for n, e in manifest.files.items()}
         files["archive/manifest.json"] = _hash_file(plain / "manifest.json")
+        indexes = _copy_index_files(settings, db, partial / INDEXES)
         encryption = None
         if passphrase is not None:
             key, encryption = _new_encryption(passphrase)
             files = _encrypt_tree(key, plain, partial / "archive", progress)
             shutil.rmtree(plain)
+            files.update(_encrypt_tree(key, indexes, partial / INDEXES, progress,
+                                       prefix=INDEXES) if indexes else {})
+        else:
+            files.update({f"{INDEXES}/{p.name}": _hash_file(p)
+                          for p in sorted(indexes.iterdir())} if indexes else {})
         info = BackupInfo(path=partial, type="archive", memvault_version=__version__,
                           schema_revision=manifest.schema_revision, backend=db.backend.name,
                           database=_database_id(settings), created_at=now,
@@ -370,14 +379,26 @@ def create_backup(db: Database, blobs: BlobStore, settings: Settings, to: Path |
     return info
 
 
-def _encrypt_tree(key: bytes, plain: Path, out: Path,
-                  progress: Progress | None) -> dict[str, tuple[str, int]]:
-    make_private_dir(out / "blobs")
+def _encrypt_tree(key: bytes, plain: Path, out: Path, progress: Progress | None,
+                  prefix: str = "archive") -> dict[str, tuple[str, int]]:
+    """Encrypt every file of ``plain`` into ``out`` (in place when they are the
+    same folder: each plain file is replaced by its encrypted form)."""
+    make_private_dir(out / "blobs") if prefix == "archive" else make_private_dir(out)
     files: dict[str, tuple[str, int]] = {}
     sources = sorted(p for p in plain.rglob("*") if p.is_file())
     for done, source in enumerate(sources, 1):
         rel = source.relative_to(plain).as_posix()
-        name = f"archive/{rel}"
+        name = f"{prefix}/{rel}"
+        if plain == out:  # encrypt beside, then replace
+            target = out / f".{rel}.enc"
+            with open(source, "rb") as src, open(target, "xb") as raw:
+                hashing = _HashingWriter(raw)
+                _encrypt(key, name, src, hashing)
+                raw.flush()
+                os.fsync(raw.fileno())
+            os.replace(target, source)
+            files[name] = (hashing.digest.hexdigest(), hashing.size)
+            continue
         target = out / rel
         with open(source, "rb") as src, open(target, "xb") as raw:
             hashing = _HashingWriter(raw)
@@ -388,9 +409,33 @@ def _encrypt_tree(key: bytes, plain: Path, out: Path,
         source.unlink()
         if progress is not None:
             progress("encrypting", done, len(sources))
-    fsync_dir(out / "blobs")
+    if prefix == "archive":
+        fsync_dir(out / "blobs")
     fsync_dir(out)
     return files
+
+
+#: The folder of a backup holding copies of SQLite's vector index files.
+INDEXES = "indexes"
+
+
+def _copy_index_files(settings: Settings, db: Database, out: Path) -> Path | None:
+    """Copy SQLite's vector index files (derived; see the module docstring) into
+    ``out``; ``None`` when there are none (or the vault is on PostgreSQL)."""
+    source = settings.data_dir / INDEXES
+    if db.backend.name != "sqlite" or not source.is_dir():
+        return None
+    names = sorted(p for p in source.iterdir()
+                   if p.is_file() and not p.name.startswith("."))  # no temp files
+    if not names:
+        return None
+    make_private_dir(out)
+    for path in names:
+        with contextlib.suppress(FileNotFoundError):  # dropped meanwhile: derived
+            shutil.copyfile(path, out / path.name)
+            os.chmod(out / path.name, 0o600)
+    fsync_dir(out)
+    return out
 
 
 class _HashingWriter:
@@ -454,7 +499,7 @@ def check_backup(path: Path, progress: Progress | None = None) -> BackupInfo:
     total = info.size
     done = 0
     for name, (sha, size) in sorted(info.files.items()):
-        if not _safe_name(name) or not name.startswith("archive/"):
+        if not _safe_name(name) or not name.startswith(("archive/", f"{INDEXES}/")):
             raise Invalid(f"the backup's manifest lists an unexpected file {name!r}")
         try:
             got = _hash_file(path / name)
@@ -509,7 +554,9 @@ def restore_backup(path: Path, settings: Settings, *, to: Path | None = None,
             archive = _decrypt_tree(key, info, work)
         verify_archive(archive, progress)
         if target.backend == "sqlite":
-            return _restore_sqlite(info, archive, target, force, progress)
+            indexes = (work if key is not None else path) / INDEXES
+            return _restore_sqlite(info, archive, target, force, progress,
+                                   indexes if indexes.is_dir() else None)
         return _restore_postgres(info, archive, target, force, passphrase, progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -522,7 +569,7 @@ def _open(settings: Settings) -> Vault:
 
 
 def _restore_sqlite(info: BackupInfo, archive: Path, target: Settings, force: bool,
-                    progress: Progress | None) -> RestoreReport:
+                    progress: Progress | None, indexes: Path | None = None) -> RestoreReport:
     if target.database_url and target.sqlite_path.parent.resolve() != target.data_dir.resolve():
         raise Invalid("restore a SQLite vault with --to DATA_DIR (a database_url naming a "
                       "file outside the data folder cannot be swapped)")
@@ -539,6 +586,12 @@ def _restore_sqlite(info: BackupInfo, archive: Path, target: Settings, force: bo
             result = import_archive(vault.db, vault.blobs, archive, progress=progress)
         finally:
             vault.close()
+        if indexes is not None:  # checked with the rest by check_backup
+            make_private_dir(fresh / INDEXES)
+            for path in sorted(indexes.iterdir()):
+                shutil.copyfile(path, fresh / INDEXES / path.name)
+                os.chmod(fresh / INDEXES / path.name, 0o600)
+            fsync_dir(fresh / INDEXES)
         fsync_dir(fresh)
     except BaseException:
         shutil.rmtree(fresh, ignore_errors=True)
