@@ -2,7 +2,7 @@
 
     python bench/run.py [--backend sqlite|postgresql|all] [--quick]
                         [--sections entities,files,streams,conversations,vectors,retrieval,
-                                    graphs,fanout,runs,cache]
+                                    graphs,fanout,runs,cache,ops]
                         [--output bench/RESULTS.md]
 
 Every vault lives in a temporary directory (and, on PostgreSQL, a fresh database
@@ -32,6 +32,7 @@ from bench import (  # noqa: E402
     fanout,
     files,
     graphs,
+    ops,
     retrieval,
     runs,
     streams,
@@ -59,6 +60,7 @@ SECTIONS: dict[str, Callable[[Env], list[Result]]] = {
     "fanout": fanout.run,
     "runs": runs.run,
     "cache": cache.run,
+    "ops": ops.run,
 }
 HEADERS = ["operation", "n", "p50", "p99", "throughput", "target", "", "notes"]
 
